@@ -1,0 +1,67 @@
+from __future__ import annotations
+
+import sys
+import time
+
+from lightning.pytorch.callbacks import ProgressBar, RichProgressBar
+
+
+def auto_progress_bar(lines_per_epoch: int = 10) -> ProgressBar:
+    """A rich progress bar in a terminal; plain log lines when output goes to a file or pipe."""
+    if sys.stdout.isatty():
+        return RichProgressBar()
+    return PlainProgressBar(lines_per_epoch)
+
+
+def _fmt(metrics: dict) -> str:
+    parts = []
+    for k, v in metrics.items():
+        if k == "v_num":
+            continue
+        v = float(v)
+        parts.append(f"{k}={v:.4g}")
+    return "  ".join(parts)
+
+
+class PlainProgressBar(ProgressBar):
+    """One line every ``1/lines_per_epoch`` of an epoch and one after each validation: log-file friendly."""
+
+    def __init__(self, lines_per_epoch: int = 10):
+        super().__init__()
+        self.lines_per_epoch = max(1, lines_per_epoch)
+        self._enabled = True
+
+    def disable(self) -> None:
+        self._enabled = False
+
+    def enable(self) -> None:
+        self._enabled = True
+
+    def _print(self, trainer, text: str) -> None:
+        if self._enabled and trainer.is_global_zero:
+            print(text, file=sys.stdout, flush=True)
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self._t0 = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        total = self.total_train_batches
+        n = batch_idx + 1
+        every = max(1, int(total) // self.lines_per_epoch) if total != float("inf") else 100
+        if n % every == 0 or n == total:
+            elapsed = time.perf_counter() - self._t0
+            pct = f"{100 * n / total:3.0f}%" if total != float("inf") else ""
+            self._print(
+                trainer,
+                f"epoch {trainer.current_epoch} {n}/{total} {pct} {elapsed:.0f}s  {_fmt(self.get_metrics(trainer, pl_module))}",
+            )
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if trainer.sanity_checking:
+            return
+        shown = {k: v for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+        self._print(trainer, f"epoch {trainer.current_epoch} validation  {_fmt(shown)}")
+
+    def on_test_end(self, trainer, pl_module) -> None:
+        shown = {k: v for k, v in trainer.callback_metrics.items() if k.startswith("test/")}
+        self._print(trainer, f"test  {_fmt(shown)}")

@@ -1,0 +1,3 @@
+from lrnn_lightning.lit.lm import LanguageModel
+
+__all__ = ["LanguageModel"]

@@ -1,0 +1,181 @@
+"""What the entry points do: train, evaluate and sample. Everything is built from the config."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+import lightning as L
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from lrnn_lightning.atomic import write_json, write_text
+from lrnn_lightning.callbacks import RunMetadata, TokensPerSecond
+from lrnn_lightning.checkpoint import AtomicCheckpointIO, check_same_vocab, checkpoint_vocab, load_language_model, read_checkpoint
+from lrnn_lightning.errors import UserError
+from lrnn_lightning.loggers import finish_wandb
+
+log = logging.getLogger(__name__)
+
+
+def user_errors(fn: Callable) -> Callable:
+    """Entry-point wrapper: a UserError prints its message alone and exits with status 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except UserError as e:
+            print(f"error: {e}", file=sys.stderr, flush=True)
+            sys.exit(2)
+
+    return wrapper
+
+
+def output_dir(cfg: DictConfig) -> Path:
+    if HydraConfig.initialized():
+        return Path(HydraConfig.get().runtime.output_dir)
+    return Path(cfg.paths.output_dir)
+
+
+def _instantiate_group(group: DictConfig | None) -> list:
+    if not group:
+        return []
+    return [instantiate(c) for c in group.values() if c is not None and "_target_" in c]
+
+
+def _container(cfg: DictConfig) -> dict:
+    return OmegaConf.to_container(cfg, resolve=True)
+
+
+def _data_name(data_cfg: DictConfig) -> str:
+    corpus = data_cfg.get("corpus", {})
+    return str(corpus.get("name", corpus.get("_target_", "?")).split(".")[-1])
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Fit, test the best checkpoint, write ``metrics.json``; returns the metrics."""
+    try:
+        return _train(cfg)
+    finally:
+        finish_wandb()
+
+
+def _train(cfg: DictConfig) -> dict[str, Any]:
+    L.seed_everything(cfg.seed, workers=True)
+    out = output_dir(cfg)
+
+    datamodule = instantiate(cfg.data)
+    datamodule.prepare_data()
+    vocab = datamodule.vocab
+    if cfg.get("ckpt_path"):
+        check_same_vocab(checkpoint_vocab(read_checkpoint(cfg.ckpt_path)), vocab, cfg.ckpt_path, _data_name(cfg.data))
+
+    model = instantiate(cfg.model, vocab_size=len(vocab))
+    callbacks = _instantiate_group(cfg.get("callbacks"))
+    callbacks.append(RunMetadata(_container(cfg.model), _container(cfg.data), vocab.words))
+    loggers = _instantiate_group(cfg.get("logger"))
+    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()])
+
+    counts = model.parameter_counts()
+    run_info = {**counts, **datamodule.metrics, "data/vocab_size": len(vocab)}
+    for lg in loggers:
+        lg.log_hyperparams({"config": _container(cfg), **run_info})
+        lg.log_metrics(run_info, step=0)
+    log.info("parameters: total %d, embedding %d", counts["params/total"], counts["params/embedding"])
+
+    trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+
+    metrics: dict[str, Any] = {**run_info, **model.epoch_metrics}
+    ckpt_cb = trainer.checkpoint_callback
+    best = getattr(ckpt_cb, "best_model_path", "") if ckpt_cb is not None else ""
+    if best and ckpt_cb.best_model_score is not None:
+        # report the model we test: the best checkpoint's validation score
+        metrics["val/ppl"] = float(ckpt_cb.best_model_score)
+        metrics["val/loss"] = math.log(metrics["val/ppl"])
+        metrics["ckpt/best"] = str(best)
+    tps = next((c.epoch_tokens_per_sec for c in callbacks if isinstance(c, TokensPerSecond)), None)
+    if tps:
+        metrics["train/tokens_per_sec"] = tps
+    if cfg.get("test"):
+        trainer.test(model, datamodule=datamodule, ckpt_path=best or None, verbose=False)
+        metrics.update({k: v for k, v in model.epoch_metrics.items() if k.startswith("test/")})
+    metrics["trainer/epochs"] = trainer.current_epoch
+
+    if trainer.is_global_zero:
+        write_json(out / "metrics.json", metrics)
+        print(summary(metrics), flush=True)
+        for lg in loggers:
+            if hasattr(lg, "experiment") and hasattr(lg.experiment, "summary"):
+                lg.experiment.summary.update({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
+    return metrics
+
+
+def summary(metrics: dict[str, Any]) -> str:
+    parts = [f"{k} {metrics[k]:.2f}" for k in ("val/ppl", "test/ppl") if k in metrics]
+    opt = metrics.get("data/optimal_ppl")
+    if opt:
+        parts.append(f"data/optimal_ppl {opt:.2f}")
+        if "test/ppl" in metrics:
+            parts.append(f"(test is {metrics['test/ppl'] / opt:.2f}x optimal)")
+    return "result: " + "  ".join(parts)
+
+
+def evaluate(cfg: DictConfig) -> dict[str, float]:
+    """Perplexity of a checkpoint on the valid and test splits of its data (or of ``data=...``)."""
+    model, vocab, meta = load_language_model(cfg.ckpt_path)
+    data_cfg = cfg.get("data") or OmegaConf.create(meta["data_config"])
+    datamodule = instantiate(data_cfg)
+    datamodule.prepare_data()
+    check_same_vocab(vocab, datamodule.vocab, cfg.ckpt_path, _data_name(data_cfg))
+    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=_instantiate_group(cfg.get("callbacks")), logger=False)
+    trainer.validate(model, datamodule=datamodule, verbose=False)
+    trainer.test(model, datamodule=datamodule, verbose=False)
+    metrics = {**datamodule.metrics, **{k: v for k, v in model.epoch_metrics.items() if k.split("/")[0] in ("val", "test")}}
+    metrics["ckpt/path"] = str(cfg.ckpt_path)
+    if trainer.is_global_zero:
+        write_json(output_dir(cfg) / "metrics.json", metrics)
+        print(summary(metrics), flush=True)
+    return metrics
+
+
+def generate(cfg: DictConfig) -> str:
+    """Sample ``num_words`` words after ``prompt``; ``<eos>`` becomes a line break."""
+    if cfg.temperature <= 0:
+        raise UserError(f"temperature must be positive (got {cfg.temperature}); use e.g. temperature=0.7")
+    model, vocab, _ = load_language_model(cfg.ckpt_path)
+    device = torch.device("cuda" if torch.cuda.is_available() and cfg.get("device", "auto") != "cpu" else "cpu")
+    model.to(device)
+    gen = torch.Generator(device=device).manual_seed(int(cfg.seed))
+    prompt = str(cfg.prompt or "").split()
+    unknown = [w for w in prompt if w not in vocab]
+    if unknown:
+        log.warning("prompt words not in the vocabulary, read as <unk>: %s", " ".join(unknown[:10]))
+    words = generate_words(model, vocab, prompt, int(cfg.num_words), float(cfg.temperature), gen)
+    text = " ".join(prompt + words).replace(" <eos> ", "\n").replace("<eos>", "\n").strip()
+    write_text(output_dir(cfg) / "generated.txt", text + "\n")
+    print(text, flush=True)
+    return text
+
+
+@torch.no_grad()
+def generate_words(model, vocab, prompt: list[str], num_words: int, temperature: float, generator) -> list[str]:
+    device = next(model.parameters()).device
+    ids = [vocab.eos_id] + vocab.encode(prompt)
+    state = None
+    if len(ids) > 1:
+        context = torch.tensor(ids[:-1], device=device)[:, None]
+        _, state = model.head.log_probs(model.core, context, None)
+    prev = torch.tensor([ids[-1]], device=device)
+    out = []
+    for _ in range(num_words):
+        nxt, state = model.head.sample(model.core, prev, state, temperature, generator)
+        out.append(int(nxt[0]))
+        prev = nxt
+    return vocab.decode(out)
