@@ -135,3 +135,26 @@ def test_wandb_without_credentials_goes_offline_and_never_prompts(tmp_path):
     run = only_run_dir(tmp_path)
     offline = list((run / "wandb").glob("offline-run-*"))
     assert len(offline) == 1 and list(offline[0].glob("*.wandb"))
+
+
+def test_ddp_on_two_cpu_processes_counts_every_token_once(tmp_path):
+    """hardware=ddp_cpu: each rank trains on its half; valid/test perplexity equals one process's."""
+    proc = run_script("train.py", *TINY, "hardware=ddp_cpu", "trainer.max_epochs=1", f"paths.root_dir={tmp_path}",
+                      cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = only_run_dir(tmp_path)
+    metrics = json.loads((run / "metrics.json").read_text())
+    ckpt = metrics["ckpt/best"]
+    import torch
+
+    saved = torch.load(ckpt, weights_only=True)
+    data = saved["lrnn"]["data_config"]
+    meta = json.loads(next((tmp_path / ".cache" / "tokens").glob("*/meta.json")).read_text())
+    train_tokens = meta["sizes"]["train"]
+    per_rank_rows = train_tokens // 2 // data["batch_size"]
+    assert saved["global_step"] == -(-per_rank_rows // data["bptt"])  # each rank read half the data
+    proc = run_script("eval.py", f"ckpt_path={ckpt}", f"paths.root_dir={tmp_path}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = json.loads((sorted((tmp_path / "logs" / "eval" / "runs").iterdir())[-1] / "metrics.json").read_text())
+    assert got["val/ppl"] == pytest.approx(metrics["val/ppl"], rel=1e-6)
+    assert got["test/ppl"] == pytest.approx(metrics["test/ppl"], rel=1e-6)  # float32 batch shapes differ

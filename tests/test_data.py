@@ -177,3 +177,21 @@ def test_datamodule_on_text_dir(tmp_path):
     x, y = next(iter(dm.train_dataloader()))
     assert x.shape == (4, 2) and x.dtype == torch.int64
     assert sum(int((b[1] != IGNORE).sum()) for b in dm.val_dataloader()) == 15
+
+
+@pytest.mark.parametrize("world", [2, 3, 4])
+def test_eval_columns_do_not_depend_on_the_number_of_processes(world):
+    """Each rank evaluates whole columns of the single-process layout: the same contexts, the same loss."""
+    ids = np.arange(1, 998, dtype=np.int32)
+    single = BPTTWindows(ids, 6, 10, eos_id=0, pad=True)
+    ref_x = torch.cat([single[i][0] for i in range(len(single))])
+    ref_y = torch.cat([single[i][1] for i in range(len(single))])
+    xs, ys = [], []
+    for rank in range(world):
+        w = BPTTWindows(ids, 6, 10, eos_id=0, rank=rank, world=world, pad=True)
+        xs.append(torch.cat([w[i][0] for i in range(len(w))]))
+        ys.append(torch.cat([w[i][1] for i in range(len(w))]))
+    y, x = torch.cat(ys, 1), torch.cat(xs, 1)
+    real = (y != IGNORE).any(0)  # drop the all-padding columns of the last rank
+    torch.testing.assert_close(y[:, real], ref_y)
+    torch.testing.assert_close(x[:, real], ref_x)
