@@ -36,6 +36,8 @@ def test_train_writes_metrics_json_checkpoints_and_hydra_dir(trained):
     assert metrics["test/ppl"] < metrics["data/vocab_size"]  # it learned something
     assert metrics["test/ppl"] > metrics["data/optimal_ppl"] * 0.9
     assert "data/optimal_ppl" in stdout and "test/ppl" in stdout
+    # plain progress lines in a pipe, not a redrawn bar
+    assert "epoch 0 validation" in stdout and "\r" not in stdout
     assert (run / "csv" / "metrics.csv").is_file()
 
 
