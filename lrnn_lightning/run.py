@@ -13,6 +13,7 @@ import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
+from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
 from lrnn_lightning.atomic import write_json, write_text
@@ -55,8 +56,8 @@ def _container(cfg: DictConfig) -> dict:
 
 
 def _data_name(data_cfg: DictConfig) -> str:
-    corpus = data_cfg.get("corpus", {})
-    return str(corpus.get("name", corpus.get("_target_", "?")).split(".")[-1])
+    corpus = data_cfg.get("corpus") or {}
+    return str(corpus.get("name") or corpus.get("_target_", "?").rsplit(".", 1)[-1])
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
@@ -112,7 +113,7 @@ def _train(cfg: DictConfig) -> dict[str, Any]:
         write_json(out / "metrics.json", metrics)
         print(summary(metrics), flush=True)
         for lg in loggers:
-            if hasattr(lg, "experiment") and hasattr(lg.experiment, "summary"):
+            if isinstance(lg, WandbLogger):
                 lg.experiment.summary.update({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
     return metrics
 
