@@ -41,3 +41,20 @@ def test_eval_and_generate_configs_compose(make_cfg, config):
 def test_eval_accepts_a_data_override(make_cfg):
     cfg = make_cfg(["ckpt_path=x.ckpt", "data=text_dir"], config="eval")
     assert cfg.data.corpus._target_.endswith("TextDirCorpus")
+
+
+@pytest.mark.parametrize("option", sorted(f.stem for f in (CONF / "data").glob("*.yaml") if f.stem not in ("synthetic", "text_dir")))
+def test_every_registry_corpus_has_a_data_config_rooted_under_data_dir(make_cfg, option):
+    from lrnn_lightning.data import CORPORA
+
+    cfg = make_cfg([f"data={option}"])
+    assert cfg.data.corpus.name == option and option in CORPORA
+    assert cfg.data.root == f"{cfg.paths.data_dir}/{CORPORA[option].folder}"
+    assert cfg.data.download is False  # never touches the network unless asked
+
+
+def test_registry_and_data_configs_cover_the_same_corpora():
+    from lrnn_lightning.data import CORPORA
+
+    configs = {f.stem for f in (CONF / "data").glob("*.yaml")} - {"synthetic"}
+    assert configs == set(CORPORA)

@@ -7,7 +7,8 @@ import torch
 
 from lrnn_lightning.data import IGNORE, BPTTWindows, LMDataModule, TextDirCorpus, Vocabulary
 from lrnn_lightning.data.cache import cached_token_ids
-from lrnn_lightning.data.vocab import EOS, UNK, count_words
+from lrnn_lightning.data.cache import count_tokens
+from lrnn_lightning.data.vocab import EOS, UNK
 from lrnn_lightning.errors import CorpusError
 
 
@@ -22,7 +23,8 @@ def write_corpus(folder, train, valid, test):
 def test_vocabulary_counts_order_and_specials(tmp_path):
     f = tmp_path / "t.txt"
     f.write_text("a b a c\n\nb a\n")
-    counts = count_words(f)
+    counts, total = count_tokens([f])
+    assert total == 9
     assert counts == Counter({"a": 3, "b": 2, "c": 1, EOS: 3})  # one <eos> per line, blank included
     v = Vocabulary.from_counts(counts)
     assert v.words == [EOS, "a", "b", "c", UNK]  # by count, ties by word; <unk> always present
@@ -35,7 +37,7 @@ def test_vocabulary_counts_order_and_specials(tmp_path):
 def test_vocabulary_keeps_unk_present_in_text(tmp_path):
     f = tmp_path / "t.txt"
     f.write_text("<unk> x <unk>\n")
-    v = Vocabulary.from_counts(count_words(f))
+    v = Vocabulary.from_counts(count_tokens([f])[0])
     assert v.words == [UNK, EOS, "x"]
 
 
@@ -68,18 +70,18 @@ def test_crash_while_building_leaves_no_cache_that_loads(tmp_path, monkeypatch):
 
     root = write_corpus(tmp_path / "c", "a b\n", "a\n", "b\n")
     files = {s: root / f"{s}.txt" for s in ("train", "valid", "test")}
-    real = cache.encode_file
+    real = cache.encode
 
-    def crash_on_test(path, vocab, out):
-        if "test" in str(path):
+    def crash_on_test(paths, vocab, out, num_tokens=None):
+        if "test" in str(paths):
             raise KeyboardInterrupt("killed")
-        return real(path, vocab, out)
+        return real(paths, vocab, out, num_tokens)
 
-    monkeypatch.setattr(cache, "encode_file", crash_on_test)
+    monkeypatch.setattr(cache, "encode", crash_on_test)
     with pytest.raises(KeyboardInterrupt):
         cached_token_ids(files, tmp_path / "cache")
     assert list((tmp_path / "cache" / "tokens").iterdir()) == []  # nothing half-built remains
-    monkeypatch.setattr(cache, "encode_file", real)
+    monkeypatch.setattr(cache, "encode", real)
     vocab, ids, _ = cached_token_ids(files, tmp_path / "cache")
     assert vocab.decode(ids["test"].tolist()) == ["b", EOS]
 
@@ -104,7 +106,7 @@ def test_missing_folder_names_folder_files_and_fix(tmp_path):
 def test_missing_file_and_empty_training_file(tmp_path):
     root = write_corpus(tmp_path / "c", "a\n", "a\n", "a\n")
     (root / "test.txt").unlink()
-    with pytest.raises(CorpusError, match="lacks test.txt"):
+    with pytest.raises(CorpusError, match="found train.txt, valid.txt but not test.txt"):
         TextDirCorpus(str(root)).prepare(tmp_path)
     write_corpus(root, "\n\n", "a\n", "a\n")
     with pytest.raises(CorpusError, match="train file .* is empty"):

@@ -1,8 +1,10 @@
-"""Token ids cached as int32 numpy arrays, keyed by the corpus files' content.
+"""Token ids cached as int32 ``.npy`` arrays (memory-mapped), keyed by the corpus files' content.
 
 A cache entry is a directory ``<cache_dir>/tokens/<key>/`` holding ``vocab.txt``,
 ``<split>.npy`` and ``meta.json``. It is built under a temporary name and renamed into place
-when complete, so a crash never leaves an entry that later loads.
+when complete, so a crash never leaves an entry that later loads. Building streams the text in
+blocks of whole lines: the vocabulary is counted in one pass, the ids are written in a second
+pass straight into a memory-mapped array, so memory stays bounded at any corpus size.
 """
 
 from __future__ import annotations
@@ -10,49 +12,91 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from array import array
+import os
+from collections import Counter
 from pathlib import Path
-from typing import Mapping
+from typing import Iterator, Mapping, Sequence
 
 import numpy as np
 
-from lrnn_lightning.atomic import atomic_dir
-from lrnn_lightning.data.vocab import Vocabulary, count_words
+from lrnn_lightning.atomic import atomic_dir, write_json
+from lrnn_lightning.data.vocab import EOS, Vocabulary
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = 1
-_CHUNK = 1 << 20
+CACHE_VERSION = 2
+BLOCK_BYTES = 1 << 24  # text read per block: bounds memory (~10x this for the token list)
+
+Paths = Sequence[Path]
 
 
-def file_digest(path: str | Path) -> str:
+def _as_paths(p) -> list[Path]:
+    return [Path(x) for x in p] if isinstance(p, (list, tuple)) else [Path(p)]
+
+
+def iter_blocks(paths: Paths, block_bytes: int = BLOCK_BYTES) -> Iterator[str]:
+    """Whole lines of the files, in blocks of about ``block_bytes``; every block ends with a newline."""
+    for path in paths:
+        with open(path, encoding="utf-8") as f:
+            while lines := f.readlines(block_bytes):
+                if not lines[-1].endswith("\n"):
+                    lines[-1] += "\n"
+                yield "".join(lines)
+
+
+def count_tokens(paths: Paths) -> tuple[Counter, int]:
+    """Word counts (one ``<eos>`` per line, blank lines included) and the token total."""
+    counts: Counter = Counter()
+    for block in iter_blocks(paths):
+        counts.update(block.split())
+        counts[EOS] += block.count("\n")
+    return counts, sum(counts.values())
+
+
+class _Index(dict):
+    def __init__(self, vocab: Vocabulary):
+        super().__init__(vocab.index)
+        self.unk = vocab.unk_id
+
+    def __missing__(self, word):
+        return self.unk
+
+
+def encode(paths: Paths, vocab: Vocabulary, out: Path, num_tokens: int | None = None) -> int:
+    """Write the token ids of the files to ``out`` (.npy, int32), block by block."""
+    if num_tokens is None:
+        num_tokens = sum(len(b.split()) + b.count("\n") for b in iter_blocks(paths))
+    ids = np.lib.format.open_memmap(out, mode="w+", dtype=np.int32, shape=(num_tokens,))
+    index, eos_marker, pos = _Index(vocab), f" {EOS} ", 0
+    for block in iter_blocks(paths):
+        tokens = block.replace("\n", eos_marker).split()
+        ids[pos : pos + len(tokens)] = np.fromiter(map(index.__getitem__, tokens), dtype=np.int32, count=len(tokens))
+        pos += len(tokens)
+    if pos != num_tokens:
+        raise RuntimeError(f"{paths} changed while being read ({pos} tokens, expected {num_tokens})")
+    ids.flush()
+    del ids
+    return pos
+
+
+def file_digest(path: Path, memo: dict | None = None) -> str:
+    """sha256 of a file's content; ``memo`` skips re-hashing a file whose size and mtime did not change."""
+    st = path.stat()
+    stamp = [st.st_size, st.st_mtime_ns, st.st_ino]
+    key = str(path.resolve())
+    if memo is not None and memo.get(key, {}).get("stamp") == stamp:
+        return memo[key]["sha256"]
     h = hashlib.sha256()
     with open(path, "rb") as f:
         while block := f.read(1 << 24):
             h.update(block)
+    if memo is not None:
+        memo[key] = {"stamp": stamp, "sha256": h.hexdigest()}
     return h.hexdigest()
 
 
-def encode_file(path: str | Path, vocab: Vocabulary, out: Path) -> int:
-    """Stream a text file into an int32 .npy of token ids (``<eos>`` after each line)."""
-    get, unk, eos = vocab.index.get, vocab.unk_id, vocab.eos_id
-    chunks: list[np.ndarray] = []
-    buf = array("i")
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            buf.extend([get(w, unk) for w in line.split()])
-            buf.append(eos)
-            if len(buf) >= _CHUNK:
-                chunks.append(np.frombuffer(buf, dtype=np.int32).copy())
-                buf = array("i")
-    chunks.append(np.frombuffer(buf, dtype=np.int32).copy())
-    ids = np.concatenate(chunks)
-    np.save(out, ids)
-    return int(ids.size)
-
-
 def cached_token_ids(
-    files: Mapping[str, str | Path],
+    files: Mapping[str, Path | Paths],
     cache_dir: str | Path,
     min_count: int = 1,
     max_size: int | None = None,
@@ -60,31 +104,44 @@ def cached_token_ids(
 ) -> tuple[Vocabulary, dict[str, np.ndarray], dict]:
     """Vocabulary and memory-mapped token ids of each split; builds the cache entry if absent.
 
-    The vocabulary comes from ``vocab_file`` when given, otherwise from the training file's counts.
+    A split is one file or a list of files read in order (One Billion Word's training shards).
+    The vocabulary comes from ``vocab_file`` when given, otherwise from the training split's counts.
     """
-    digests = {split: file_digest(p) for split, p in sorted(files.items())}
+    cache_dir = Path(cache_dir)
+    memo_path = cache_dir / "digests.json"
+    try:
+        memo = json.loads(memo_path.read_text())
+    except (OSError, ValueError):
+        memo = {}
+    splits = {split: _as_paths(p) for split, p in files.items()}
     key_src = {
         "version": CACHE_VERSION,
-        "files": digests,
+        "files": {s: [file_digest(p, memo) for p in ps] for s, ps in sorted(splits.items())},
         "min_count": min_count,
         "max_size": max_size,
-        "vocab_file": file_digest(vocab_file) if vocab_file else None,
+        "vocab_file": file_digest(Path(vocab_file), memo) if vocab_file else None,
     }
+    write_json(memo_path, memo)
     key = hashlib.sha256(json.dumps(key_src, sort_keys=True).encode()).hexdigest()[:20]
-    entry = Path(cache_dir) / "tokens" / key
+    entry = cache_dir / "tokens" / key
     if not (entry / "meta.json").is_file():
         log.info("building token cache %s", entry)
         with atomic_dir(entry) as tmp:
+            counts, train_tokens = count_tokens(splits["train"])
             if vocab_file:
                 vocab = Vocabulary.load(vocab_file)
             else:
-                vocab = Vocabulary.from_counts(count_words(files["train"]), min_count, max_size)
+                vocab = Vocabulary.from_counts(counts, min_count, max_size)
+            del counts
             vocab.save(tmp / "vocab.txt")
-            sizes = {split: encode_file(p, vocab, tmp / f"{split}.npy") for split, p in files.items()}
-            meta = {**key_src, "sizes": sizes, "vocab_size": len(vocab)}
+            sizes = {
+                split: encode(ps, vocab, tmp / f"{split}.npy", train_tokens if split == "train" else None)
+                for split, ps in splits.items()
+            }
+            meta = {**key_src, "sizes": sizes, "vocab_size": len(vocab), "pid": os.getpid()}
             # meta.json last: its presence marks a complete entry
             (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
     meta = json.loads((entry / "meta.json").read_text())
     vocab = Vocabulary.load(entry / "vocab.txt")
-    ids = {split: np.load(entry / f"{split}.npy", mmap_mode="r") for split in files}
+    ids = {split: np.load(entry / f"{split}.npy", mmap_mode="r") for split in splits}
     return vocab, ids, meta

@@ -20,8 +20,8 @@ log = logging.getLogger(__name__)
 class LMDataModule(L.LightningDataModule):
     """Language-model data: contiguous streams cut into BPTT windows.
 
-    ``corpus`` is any object with ``prepare(cache_dir) -> CorpusFiles`` (a folder of text files,
-    the synthetic language, ...). ``batch_size`` is per process: under DDP each rank reads its own
+    ``corpus`` is any object with ``prepare(cache_dir) -> CorpusFiles`` (a registry corpus, a folder
+    of text files, the synthetic language, ...). ``min_count=None`` takes the corpus's own threshold. ``batch_size`` is per process: under DDP each rank reads its own
     contiguous part of the training split, so the global batch is ``batch_size * world_size``.
     """
 
@@ -30,16 +30,18 @@ class LMDataModule(L.LightningDataModule):
         corpus: Any,
         cache_dir: str,
         root: str | None = None,
+        download: bool = False,
         batch_size: int = 32,
         eval_batch_size: int = 10,
         bptt: int = 35,
-        min_count: int = 1,
+        min_count: int | None = None,
         max_vocab_size: int | None = None,
         num_workers: int = 0,
     ):
         super().__init__()
         self.corpus = corpus
-        self.root = root  # the corpus folder (``data.root``), already handed to the corpus
+        # data.root and data.download are the user's keys; the config hands them to the corpus
+        self.root, self.download = root, download
         self.cache_dir = Path(cache_dir)
         self.batch_size, self.eval_batch_size, self.bptt = batch_size, eval_batch_size, bptt
         self.min_count, self.max_vocab_size = min_count, max_vocab_size
@@ -54,9 +56,11 @@ class LMDataModule(L.LightningDataModule):
         if self.vocab is not None:
             return
         files: CorpusFiles = self.corpus.prepare(self.cache_dir)
+        min_count = files.min_count if self.min_count is None else self.min_count
         self.vocab, self.ids, meta = cached_token_ids(
-            files.files, self.cache_dir, self.min_count, self.max_vocab_size, files.vocab_file
+            files.files, self.cache_dir, min_count, self.max_vocab_size, files.vocab_file
         )
+        self.sizes = meta["sizes"]
         self.metrics = dict(files.metrics)
         log.info("vocabulary %d words; tokens %s", len(self.vocab), meta["sizes"])
 

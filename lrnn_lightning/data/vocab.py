@@ -11,24 +11,6 @@ UNK = "<unk>"
 EOS = "<eos>"
 
 
-def iter_lines(path: str | Path) -> Iterable[list[str]]:
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            yield line.split()
-
-
-def count_words(path: str | Path) -> Counter:
-    """Word counts of a file, with one ``<eos>`` per line (blank lines included, as in PTB)."""
-    counts: Counter = Counter()
-    lines = 0
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            counts.update(line.split())
-            lines += 1
-    counts[EOS] += lines
-    return counts
-
-
 class Vocabulary:
     """Maps words to ids. Ids are in order of decreasing training frequency (ties by word)."""
 
