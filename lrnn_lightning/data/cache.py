@@ -4,7 +4,7 @@ A cache entry is a directory ``<cache_dir>/tokens/<key>/`` holding ``vocab.txt``
 ``<split>.npy`` and ``meta.json``. It is built under a temporary name and renamed into place
 when complete, so a crash never leaves an entry that later loads. Building streams the text in
 blocks of whole lines: the vocabulary is counted in one pass, the ids are written in a second
-pass straight into a memory-mapped array, so memory stays bounded at any corpus size.
+pass appended to the ``.npy`` file, so memory stays bounded at any corpus size; readers map it.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from lrnn_lightning.data.vocab import EOS, Vocabulary
 log = logging.getLogger(__name__)
 
 CACHE_VERSION = 2
-BLOCK_BYTES = 1 << 24  # text read per block: bounds memory (~10x this for the token list)
+BLOCK_BYTES = 1 << 22  # text read per block: bounds memory (~15x this for the token list)
 
 Paths = Sequence[Path]
 
@@ -63,19 +63,23 @@ class _Index(dict):
 
 
 def encode(paths: Paths, vocab: Vocabulary, out: Path, num_tokens: int | None = None) -> int:
-    """Write the token ids of the files to ``out`` (.npy, int32), block by block."""
+    """Write the token ids of the files to ``out`` (.npy, int32), block by block.
+
+    Plain appends after the .npy header rather than a writable memmap, so resident memory stays
+    at one block whatever the corpus size.
+    """
     if num_tokens is None:
         num_tokens = sum(len(b.split()) + b.count("\n") for b in iter_blocks(paths))
-    ids = np.lib.format.open_memmap(out, mode="w+", dtype=np.int32, shape=(num_tokens,))
     index, eos_marker, pos = _Index(vocab), f" {EOS} ", 0
-    for block in iter_blocks(paths):
-        tokens = block.replace("\n", eos_marker).split()
-        ids[pos : pos + len(tokens)] = np.fromiter(map(index.__getitem__, tokens), dtype=np.int32, count=len(tokens))
-        pos += len(tokens)
+    with open(out, "wb") as f:
+        header = {"descr": np.dtype(np.int32).str, "fortran_order": False, "shape": (num_tokens,)}
+        np.lib.format.write_array_header_1_0(f, header)
+        for block in iter_blocks(paths):
+            tokens = block.replace("\n", eos_marker).split()
+            f.write(np.fromiter(map(index.__getitem__, tokens), dtype=np.int32, count=len(tokens)).tobytes())
+            pos += len(tokens)
     if pos != num_tokens:
         raise RuntimeError(f"{paths} changed while being read ({pos} tokens, expected {num_tokens})")
-    ids.flush()
-    del ids
     return pos
 
 
