@@ -80,11 +80,11 @@ def test_corpus_files_sizes_and_vocabulary(tmp_path):
     corpus = SyntheticCorpus(train_tokens=20_000, valid_tokens=3000, test_tokens=2000, num_words=300, num_classes=10, seed=1)
     files = corpus.prepare(tmp_path)
     assert set(files.files) == {"train", "valid", "test"}
-    sizes = {s: sum(len(l.split()) + 1 for l in p.read_text().splitlines()) for s, p in files.files.items()}
+    sizes = {s: sum(len(l.split()) + 1 for l in p[0].read_text().splitlines()) for s, p in files.files.items()}
     for split, target in (("train", 20_000), ("valid", 3000), ("test", 2000)):
         assert abs(sizes[split] - target) / target < 0.15
     vocab = files.vocab_file.read_text().split()
     assert len(vocab) == 300 + 2 and vocab[-1] == "<unk>"
     # same parameters: the cached files are reused, not rewritten
-    mtime = files.files["train"].stat().st_mtime_ns
-    assert corpus.prepare(tmp_path).files["train"].stat().st_mtime_ns == mtime
+    mtime = files.files["train"][0].stat().st_mtime_ns
+    assert corpus.prepare(tmp_path).files["train"][0].stat().st_mtime_ns == mtime

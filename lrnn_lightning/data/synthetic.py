@@ -212,7 +212,7 @@ class SyntheticCorpus:
                 self._write(tmp)
         info = json.loads((folder / "language.json").read_text())
         return CorpusFiles(
-            files={split: folder / f"{split}.txt" for split in SPLITS},
+            files={split: [folder / f"{split}.txt"] for split in SPLITS},
             vocab_file=folder / "vocab.txt",
             metrics={"data/optimal_ppl": info["optimal_ppl"]},
         )
