@@ -101,6 +101,8 @@ def _train(cfg: DictConfig) -> dict[str, Any]:
         metrics["val/ppl"] = float(ckpt_cb.best_model_score)
         metrics["val/loss"] = math.log(metrics["val/ppl"])
         metrics["ckpt/best"] = str(best)
+    for c in callbacks:  # e.g. the last reallocation round's realloc/* metrics
+        metrics.update(getattr(c, "metrics", None) or {})
     tps = next((c.epoch_tokens_per_sec for c in callbacks if isinstance(c, TokensPerSecond)), None)
     if tps:
         metrics["train/tokens_per_sec"] = tps

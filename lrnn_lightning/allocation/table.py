@@ -78,5 +78,11 @@ class WordTable(nn.Module):
         self._refresh()
         return moved
 
+    def fingerprint(self) -> str:
+        """A short hash of the allocation (compare tables across processes or checkpoints)."""
+        import hashlib
+
+        return hashlib.sha256(self.cell.cpu().numpy().tobytes()).hexdigest()[:12]
+
     def extra_repr(self) -> str:
         return f"vocab_size={self.vocab_size}, rows={self.rows}, cols={self.cols}"

@@ -6,8 +6,9 @@ sequence the core reads (one vector per word for a full softmax; a row and a col
 word for the LightRNN table).
 """
 
+from lrnn_lightning.modules.lightrnn import LightRNNHead
 from lrnn_lightning.modules.lstm import LSTMCore
 from lrnn_lightning.modules.softmax import SoftmaxHead
 from lrnn_lightning.modules.state import detach_state
 
-__all__ = ["LSTMCore", "SoftmaxHead", "detach_state"]
+__all__ = ["LSTMCore", "LightRNNHead", "SoftmaxHead", "detach_state"]

@@ -21,3 +21,12 @@ def select_state(state: Any, index: torch.Tensor) -> Any:
     if isinstance(state, torch.Tensor):
         return state.index_select(1, index)
     return type(state)(select_state(s, index) for s in state)
+
+
+def repeat_state(state: Any, times: int) -> Any:
+    """Repeat every batch entry of a state ``times`` times (batch dimension 1), entry-major."""
+    if state is None:
+        return None
+    if isinstance(state, torch.Tensor):
+        return state.repeat_interleave(times, dim=1)
+    return type(state)(repeat_state(s, times) for s in state)

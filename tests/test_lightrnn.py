@@ -1,0 +1,188 @@
+"""LightRNN: a proper distribution over the vocabulary, the word table, the solvers, the callback."""
+
+import re
+
+import numpy as np
+import pytest
+import torch
+from scipy.optimize import linear_sum_assignment
+
+import lrnn_lightning.allocation.solvers as solvers
+from conftest import TINY, run_script
+from lrnn_lightning.allocation import WordTable, allocation_cost, lower_bound, reallocate, table_shape
+from lrnn_lightning.modules import LightRNNHead, LSTMCore
+from lrnn_lightning.run import train
+
+METHODS = ["exact", "sparse", "greedy"]
+
+
+def make(V, seed=0):
+    torch.manual_seed(seed)
+    return LSTMCore(6, 8, num_layers=2), LightRNNHead(V, 6, 8, seed=seed)
+
+
+# ---- the model -------------------------------------------------------------------------------------
+@pytest.mark.parametrize("V", [9, 10, 23, 50])  # 9: a full 3x3 table; the others leave cells empty
+def test_probabilities_of_all_words_sum_to_one(V):
+    core, head = make(V)
+    assert head.table.rows * head.table.cols >= V
+    x = torch.randint(0, V, (5, 3))
+    logp, _ = head.log_probs(core, x)
+    torch.testing.assert_close(logp.double().exp().sum(-1), torch.ones(5, 3, dtype=torch.float64), atol=1e-5, rtol=0)
+
+
+def test_training_loss_is_the_negative_log_probability_of_the_target():
+    core, head = make(23)
+    x = torch.randint(0, 23, (6, 2))
+    y = torch.cat([x[1:], torch.randint(0, 23, (1, 2))])  # a stream: the next input is the target
+    nll, _ = head(core, x, y)
+    logp, _ = head.log_probs(core, x)
+    torch.testing.assert_close(nll, -logp.gather(-1, y[..., None])[..., 0], atol=1e-5, rtol=1e-5)
+
+
+def test_carried_state_equals_one_long_pass():
+    core, head = make(30)
+    x = torch.randint(0, 30, (9, 2))
+    y = torch.cat([x[1:], torch.randint(0, 30, (1, 2))])
+    full, _ = head(core, x, y)
+    a, s = head(core, x[:4], y[:4])
+    b, _ = head(core, x[4:], y[4:], s)
+    torch.testing.assert_close(torch.cat([a, b]), full)
+
+
+def test_the_column_step_reads_the_true_row_not_the_predicted_one():
+    """Changing only the row vector of the target's row changes the column loss of that target."""
+    core, head = make(16)
+    x, y = torch.tensor([[3]]), torch.tensor([[5]])
+    before, _ = head(core, x, y)
+    with torch.no_grad():
+        head.row_embedding.weight[head.table.row(torch.tensor(5))] += 1.0
+    after, _ = head(core, x, y)
+    assert not torch.allclose(before, after)
+
+
+def test_reallocation_changes_no_parameter_only_the_mapping():
+    core, head = make(30)
+    params = {k: v.clone() for k, v in head.state_dict().items() if k != "table.cell"}
+    x = torch.randint(0, 30, (6, 3))
+    y = torch.randint(0, 30, (6, 3))
+    new = torch.randperm(head.table.rows * head.table.cols)[:30]
+    moved = head.table.assign(new)
+    assert moved == int((new != torch.as_tensor(make(30)[1].table.cell)).sum())
+    for k, v in head.state_dict().items():
+        if k != "table.cell":
+            torch.testing.assert_close(v, params[k])
+    # the loss is the one of a model built with the new table from the start
+    twin_core, twin = make(30)
+    twin.load_state_dict(head.state_dict())
+    torch.testing.assert_close(twin.table.cell, new)
+    torch.testing.assert_close(head(core, x, y)[0], twin(core, x, y)[0])
+    assert twin.table.occupied.sum() == 30 and twin.table.word_at()[new].tolist() == list(range(30))
+
+
+def test_table_init_and_bad_assignments():
+    t = WordTable(10)
+    assert (t.rows, t.cols) == (4, 4) and t.cell.unique().numel() == 10
+    assert torch.equal(WordTable(10, seed=3).cell, WordTable(10, seed=3).cell)
+    f = WordTable(10, init="frequency")
+    assert f.row(torch.arange(4)).tolist() == [0, 1, 2, 3]  # the 4 most frequent words in 4 rows
+    with pytest.raises(ValueError, match="distinct"):
+        t.assign(torch.zeros(10, dtype=torch.long))
+    assert table_shape(10_000) == (100, 100) and table_shape(793_471) == (891, 891)
+
+
+# ---- the solvers -----------------------------------------------------------------------------------
+def planted(V, seed=0):
+    """Costs with a unique zero-cost allocation, everything else >= 1."""
+    R, C = table_shape(V)
+    rng = np.random.default_rng(seed)
+    best = rng.permutation(R * C)[:V]
+    row = 1 + rng.random((V, R)).astype(np.float32)
+    col = 1 + rng.random((V, C)).astype(np.float32)
+    row[np.arange(V), best // C] = 0
+    col[np.arange(V), best % C] = 0
+    return row, col, best, rng.permutation(R * C)[:V]
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("V", [7, 50, 300])
+def test_every_method_finds_a_planted_optimum(method, V):
+    row, col, best, current = planted(V)
+    new = reallocate(row, col, current, method)
+    np.testing.assert_array_equal(new, best)
+    assert allocation_cost(row, col, new) == lower_bound(row, col) == 0
+
+
+@pytest.mark.parametrize("method", METHODS + ["auto"])
+@pytest.mark.parametrize("V,seed", [(5, 0), (17, 1), (64, 2), (250, 3)])
+def test_reallocate_always_returns_a_permutation(method, V, seed):
+    R, C = table_shape(V)
+    rng = np.random.default_rng(seed)
+    row, col = rng.random((V, R)), rng.random((V, C))
+    row[:, 0] = col[:, 0] = -1  # everyone wants cell 0: heavy contention
+    new = reallocate(row, col, rng.permutation(R * C)[:V], method, top_k=2)
+    assert new.shape == (V,) and len(set(new.tolist())) == V and new.min() >= 0 and new.max() < R * C
+
+
+def test_exact_matches_scipy_and_sparse_with_all_candidates_is_exact():
+    V = 60
+    R, C = table_shape(V)
+    rng = np.random.default_rng(5)
+    row, col = rng.random((V, R)), rng.random((V, C))
+    dense = (row[:, :, None] + col[:, None, :]).reshape(V, R * C)
+    w, c = linear_sum_assignment(dense)
+    optimum = dense[w, c].sum()
+    current = rng.permutation(R * C)[:V]
+    assert allocation_cost(row, col, reallocate(row, col, current, "exact")) == pytest.approx(optimum)
+    assert allocation_cost(row, col, reallocate(row, col, current, "sparse", top_k=R)) == pytest.approx(optimum)
+    greedy = allocation_cost(row, col, reallocate(row, col, current, "greedy", top_k=R))
+    assert optimum <= greedy and lower_bound(row, col) <= optimum
+
+
+def test_the_auction_used_for_large_vocabularies_is_near_exact(monkeypatch):
+    V = 400
+    R, C = table_shape(V)
+    rng = np.random.default_rng(7)
+    row, col = rng.random((V, R)), rng.random((V, C))
+    current = rng.permutation(R * C)[:V]
+    exact_sparse = allocation_cost(row, col, reallocate(row, col, current, "sparse", top_k=6))
+    monkeypatch.setattr(solvers, "SCIPY_SPARSE_MAX_WORDS", 0)
+    auction = allocation_cost(row, col, reallocate(row, col, current, "sparse", top_k=6))
+    assert exact_sparse <= auction <= exact_sparse * (1 + 2 * solvers.AUCTION_EPS)
+
+
+# ---- in training -----------------------------------------------------------------------------------
+LIGHT = [*TINY, "model=lightrnn", "model.embedding_size=16", "model.hidden_size=16"]
+
+
+def test_fast_dev_run_of_lightrnn(make_cfg):
+    metrics = train(make_cfg([*LIGHT, "debug=fdr"]))
+    assert metrics["test/ppl"] > 1 and metrics["realloc/round"] == 1
+
+
+def test_checkpoint_keeps_the_reallocated_table(make_cfg, tmp_path):
+    from lrnn_lightning.checkpoint import load_language_model
+
+    metrics = train(make_cfg([*LIGHT, "trainer.max_epochs=2"]))
+    assert metrics["realloc/round"] == 2 and metrics["realloc/moved_words"] > 0
+    assert metrics["realloc/lower_bound"] <= metrics["realloc/cost_after"] <= metrics["realloc/cost_before"]
+    last, _, _ = load_language_model(tmp_path / "run" / "checkpoints" / "last.ckpt")
+    initial = WordTable(last.vocab_size, seed=1234).cell  # the seed of the run
+    assert not torch.equal(last.head.table.cell, initial)
+    ckpt = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert any("Reallocation" in k and v["rounds"] == 2 for k, v in ckpt["callbacks"].items())
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_end_with_the_same_table(tmp_path):
+    proc = run_script("train.py", *LIGHT, "logger=none", "hardware=ddp_cpu", "trainer.max_epochs=2",
+                      f"paths.root_dir={tmp_path}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    text = "".join(p.read_text() for p in (tmp_path / "logs").rglob("*.log"))
+    tables = re.findall(r"reallocation round (\d+) \(rank (\d)\).*table (\w+)", text)
+    by_round = {}
+    for rnd, rank, fp in tables:
+        by_round.setdefault(rnd, {})[rank] = fp
+    assert set(by_round) == {"1", "2"}
+    for fps in by_round.values():
+        assert set(fps) == {"0", "1"} and fps["0"] == fps["1"]
