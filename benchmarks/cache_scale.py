@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import resource
 import shutil
 import subprocess
@@ -24,8 +22,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-
-ROOT = Path(__file__).resolve().parents[1]
+from common import write_result
 LAYOUT_TRAIN = "training-monolingual.tokenized.shuffled/news.en-{:05d}-of-00100"
 LAYOUT_HELDOUT = "heldout-monolingual.tokenized.shuffled/news.en.heldout-{:05d}-of-00050"
 
@@ -103,36 +100,22 @@ def main() -> None:
         rows.append(row)
         shutil.rmtree(corpus)
         shutil.rmtree(cache)
-    result = {
-        "command": "python benchmarks/cache_scale.py " + " ".join(sys.argv[1:]),
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "gpu": None},
-        "versions": {"python": platform.python_version(), "numpy": np.__version__},
-        "note": "peak_rss_mb is the largest resident set of the building process (max over runs so far); "
-        "min_count=3 as for One Billion Word; memory grows with the vocabulary, not with the token count",
-        "runs": rows,
-    }
-    out = ROOT / "benchmarks" / "results" / "cache_scale.json"
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
+    def plot(plt):
         fig, ax = plt.subplots(1, 2, figsize=(9, 3.5))
         x = [r["tokens_total"] / 1e6 for r in rows]
         ax[0].plot(x, [r["build_peak_rss_mb"] for r in rows], "o-")
-        ax[0].set(xlabel="tokens (M)", ylabel="peak RSS while building (MB)", title="memory")
         ax[0].axhline(4096, color="r", ls="--", label="4 GB bound")
+        ax[0].set(xlabel="tokens (M)", ylabel="peak RSS while building (MB)", title="memory")
         ax[0].legend()
         ax[1].plot(x, [r["build_tokens_per_sec"] / 1e6 for r in rows], "o-")
         ax[1].set(xlabel="tokens (M)", ylabel="M tokens / s", title="build speed", ylim=(0, None))
-        fig.tight_layout()
-        fig.savefig(out.with_suffix(".png"), dpi=100)
-    except ImportError:
-        print("matplotlib not installed: no plot")
-    print(json.dumps(result, indent=2))
+        return fig
 
+    write_result("cache_scale", {
+        "note": "peak_rss_mb is the largest resident set of the building process (max over runs so far); "
+        "min_count=3 as for One Billion Word; memory grows with the vocabulary, not with the token count",
+        "runs": rows,
+    }, plot)
 
 if __name__ == "__main__":
     main()

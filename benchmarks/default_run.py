@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -18,16 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def versions() -> dict:
-    import hydra
-    import lightning
-    import torch
-
-    return {"python": platform.python_version(), "torch": torch.__version__, "lightning": lightning.__version__,
-            "hydra": hydra.__version__}
+from common import ROOT, write_result
 
 
 def main() -> None:
@@ -43,18 +33,12 @@ def main() -> None:
         run = next((Path(tmp) / "logs" / "train" / "runs").iterdir())
         metrics = json.loads((run / "metrics.json").read_text())
     peak_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    result = {
-        "command": " ".join(["python train.py", *overrides]),
+    write_result("default_run", {
+        "train_command": " ".join(["python train.py", *overrides]),
         "wall_seconds": round(wall, 1),
         "peak_rss_mb": round(peak_kb / 1024, 1),
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "gpu": None},
-        "versions": versions(),
         "metrics": {k: v for k, v in metrics.items() if not k.startswith("ckpt/")},
-    }
-    out = ROOT / "benchmarks" / "results" / "default_run.json"
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
-
+    })
 
 if __name__ == "__main__":
     main()

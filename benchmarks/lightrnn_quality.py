@@ -1,7 +1,7 @@
 """Quality of LightRNN: reallocation against a frozen random table, and against the softmax LSTM.
 
     python benchmarks/lightrnn_quality.py synthetic   # default synthetic language, default run length
-    python benchmarks/lightrnn_quality.py ptb [--ptb ../shared/data/ptb] [--epochs 3]
+    python benchmarks/lightrnn_quality.py ptb [--ptb ../shared/data/ptb] [--epochs 2]
 
 Each configuration is one real ``python train.py`` run (same seed, same epochs); the script
 collects their metrics.json into benchmarks/results/lightrnn_quality_<name>.json.
@@ -12,14 +12,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from common import ROOT, write_result
 
 
 def run(overrides: list[str]) -> dict:
@@ -43,7 +42,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("which", choices=["synthetic", "ptb"])
     ap.add_argument("--ptb", default=str(ROOT.parent / "shared" / "data" / "ptb"))
-    ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument("--epochs", type=int, default=2)
     args = ap.parse_args()
     if args.which == "synthetic":
         configs = {
@@ -51,7 +50,9 @@ def main() -> None:
             "lightrnn_frozen_random_table": ["model=lightrnn", "callbacks.reallocation.max_rounds=0"],
         }
     else:
-        common = ["data=ptb", f"data.root={args.ptb}", f"trainer.max_epochs={args.epochs}"]
+        # the same core for both: 2-layer LSTM-256
+        common = ["data=ptb", f"data.root={args.ptb}", f"trainer.max_epochs={args.epochs}", "model.num_layers=2",
+                  "model.hidden_size=256", "model.embedding_size=256"]
         configs = {
             "lightrnn": ["model=lightrnn", *common],
             "softmax_lstm": ["model=lstm", *common],
@@ -60,15 +61,8 @@ def main() -> None:
     for name, overrides in configs.items():
         results[name] = run(overrides)
         print(name, json.dumps(results[name]), flush=True)
-    out = {
-        "command": "python benchmarks/lightrnn_quality.py " + " ".join(sys.argv[1:]),
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "gpu": None,
-                    "omp_num_threads": os.environ.get("OMP_NUM_THREADS")},
-        "runs": results,
-    }
-    path = ROOT / "benchmarks" / "results" / f"lightrnn_quality_{args.which}.json"
-    path.write_text(json.dumps(out, indent=2) + "\n")
-
+    write_result(f"lightrnn_quality_{args.which}", {"omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+                                                     "runs": results})
 
 if __name__ == "__main__":
     main()

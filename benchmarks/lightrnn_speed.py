@@ -12,18 +12,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
-import sys
 import time
-from pathlib import Path
 
 import torch
+from common import write_result
 
 from lrnn_lightning.modules import LightRNNHead, LSTMCore, SoftmaxHead
 from lrnn_lightning.modules.state import detach_state
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def measure(head_cls, V: int, H: int, B: int, T: int, steps: int) -> dict:
@@ -69,22 +64,7 @@ def main() -> None:
         }
         print(json.dumps(row), flush=True)
         rows.append(row)
-    result = {
-        "command": "python benchmarks/lightrnn_speed.py " + " ".join(sys.argv[1:]),
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "gpu": None,
-                    "torch_threads": torch.get_num_threads()},
-        "versions": {"python": platform.python_version(), "torch": torch.__version__},
-        "setting": {"hidden": args.hidden, "layers": 2, "batch": args.batch, "bptt": args.bptt, "optimizer": "Adam"},
-        "runs": rows,
-    }
-    out = ROOT / "benchmarks" / "results" / "lightrnn_speed.json"
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
+    def plot(plt):
         fig, ax = plt.subplots(1, 2, figsize=(9, 3.5))
         v = [r["V"] for r in rows]
         for key, label in (("lightrnn", "LightRNN"), ("softmax_lstm", "full-softmax LSTM")):
@@ -94,11 +74,12 @@ def main() -> None:
         ax[1].set(xlabel="vocabulary", ylabel="training tokens / s (CPU)", title="speed")
         for a in ax:
             a.legend()
-        fig.tight_layout()
-        fig.savefig(out.with_suffix(".png"), dpi=100)
-    except ImportError:
-        print("matplotlib not installed: no plot")
+        return fig
 
+    write_result("lightrnn_speed", {
+        "setting": {"hidden": args.hidden, "layers": 2, "batch": args.batch, "bptt": args.bptt, "optimizer": "Adam"},
+        "runs": rows,
+    }, plot)
 
 if __name__ == "__main__":
     main()

@@ -12,13 +12,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import subprocess
 import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from common import write_result
 
 CHILD = r"""
 import json, resource, sys, time
@@ -82,26 +79,10 @@ def main() -> None:
     for r in runs:
         if r["V"] in exact and "cost" in r:
             r["cost_over_exact"] = r["cost"] / exact[r["V"]] - 1
-    result = {
-        "command": "python benchmarks/solver_scaling.py " + " ".join(sys.argv[1:]),
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "gpu": None},
-        "costs": "synthetic-class: R classes, row preference N(0,3) per class + N(0,0.5) per word; "
-                 "column preference N(0,1) per class + N(0,2) per word; costs are negative log-softmax",
-        "runs": runs,
-    }
-    out = ROOT / "benchmarks" / "results" / "solver_scaling.json"
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
+    def plot(plt):
         fig, ax = plt.subplots(1, 3, figsize=(13, 3.6))
         for method in ("exact", "sparse", "greedy"):
             rs = [r for r in runs if r["method"] == method and "seconds" in r]
-            if not rs:
-                continue
             v = [r["V"] for r in rs]
             ax[0].loglog(v, [r["seconds"] for r in rs], "o-", label=method)
             ax[1].loglog(v, [r["peak_rss_mb"] / 1024 for r in rs], "o-", label=method)
@@ -113,11 +94,13 @@ def main() -> None:
         ax[2].set(xlabel="words V", ylabel="% over lower bound", title="cost")
         for a in ax:
             a.legend()
-        fig.tight_layout()
-        fig.savefig(out.with_suffix(".png"), dpi=100)
-    except ImportError:
-        print("matplotlib not installed: no plot")
+        return fig
 
+    write_result("solver_scaling", {
+        "costs": "synthetic-class: R classes, row preference N(0,3) per class + N(0,0.5) per word; "
+                 "column preference N(0,1) per class + N(0,2) per word; costs are negative log-softmax",
+        "runs": runs,
+    }, plot)
 
 if __name__ == "__main__":
     main()

@@ -186,3 +186,14 @@ def test_ddp_two_processes_end_with_the_same_table(tmp_path):
     assert set(by_round) == {"1", "2"}
     for fps in by_round.values():
         assert set(fps) == {"0", "1"} and fps["0"] == fps["1"]
+
+
+def test_greedy_with_many_leftovers_still_returns_a_permutation(monkeypatch):
+    monkeypatch.setattr(solvers, "GREEDY_EXACT_LEFTOVERS", 0)
+    V = 300
+    R, C = table_shape(V)
+    rng = np.random.default_rng(0)
+    row, col = rng.random((V, R)), rng.random((V, C))
+    row[:, 0] = col[:, 0] = -1
+    new = reallocate(row, col, rng.permutation(R * C)[:V], "greedy", top_k=2)
+    assert len(set(new.tolist())) == V and new.max() < R * C

@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 EXACT_MAX_WORDS = 6_000
 SPARSE_MAX_WORDS = 2_000_000
 AUCTION_EPS = 1e-3
+GREEDY_EXACT_LEFTOVERS = 2_000
 SCIPY_SPARSE_MAX_WORDS = 20_000  # beyond, scipy's LAPJVsp can take minutes under heavy contention
 
 
@@ -60,17 +61,18 @@ def _candidates(row_loss: np.ndarray, col_loss: np.ndarray, current: np.ndarray,
     """
     V, C = row_loss.shape[0], col_loss.shape[1]
     kr, kc = min(k, row_loss.shape[1]), min(k, C)
-    cells = np.empty((V, kr * kc + 1), dtype=np.int64)
-    cost = np.empty((V, kr * kc + 1), dtype=np.float64)
+    # int32 cells and float32 costs: at V = 793,471 with k = 8 that is 2 x 206 MB
+    cells = np.empty((V, kr * kc + 1), dtype=np.int32)
+    cost = np.empty((V, kr * kc + 1), dtype=np.float32)
     for a in range(0, V, chunk):
         rl, cl, cur = row_loss[a : a + chunk], col_loss[a : a + chunk], current[a : a + chunk]
         n = len(rl)
         w = np.arange(n)[:, None]
         rows, cols = _top_k(rl, kr), _top_k(cl, kc)
         cells[a : a + n, :-1] = (rows[:, :, None] * C + cols[:, None, :]).reshape(n, -1)
-        cost[a : a + n, :-1] = (rl[w, rows].astype(np.float64)[:, :, None] + cl[w, cols][:, None, :]).reshape(n, -1)
+        cost[a : a + n, :-1] = (rl[w, rows][:, :, None] + cl[w, cols][:, None, :]).reshape(n, -1)
         cells[a : a + n, -1] = cur
-        cost[a : a + n, -1] = rl[w[:, 0], cur // C].astype(np.float64) + cl[w[:, 0], cur % C]
+        cost[a : a + n, -1] = rl[w[:, 0], cur // C] + cl[w[:, 0], cur % C]
     return cells, cost
 
 
@@ -95,7 +97,7 @@ def _sparse(row_loss, col_loss, current, k) -> np.ndarray:
     keep = np.ones(cells.shape, dtype=bool)
     keep[:, 1:] = cells[:, 1:] != cells[:, :-1]
     # a per-word shift keeps the optimum and makes every weight >= 1 (zeros would not be edges)
-    cost = cost - cost.min(1, keepdims=True) + 1.0
+    cost = cost.astype(np.float64) - cost.min(1, keepdims=True) + 1.0
     counts = keep.sum(1)
     indptr = np.concatenate([[0], np.cumsum(counts)])
     graph = csr_matrix((cost[keep], cells[keep], indptr), shape=(V, R * C))
@@ -137,9 +139,16 @@ def _greedy(row_loss, col_loss, current, k) -> np.ndarray:
     left = np.flatnonzero(out < 0)
     if left.size:
         free = np.flatnonzero(~taken)
-        sub = row_loss[left][:, free // C].astype(np.float64) + col_loss[left][:, free % C]
-        w, c = linear_sum_assignment(sub)
-        out[left[w]] = free[c]
+        if left.size <= GREEDY_EXACT_LEFTOVERS:  # few: match them exactly among the free cells
+            sub = row_loss[left][:, free // C].astype(np.float64) + col_loss[left][:, free % C]
+            w, c = linear_sum_assignment(sub)
+            out[left[w]] = free[c]
+        else:  # many (heavy contention): keep the current cell where it is still free, else any free cell
+            keep = ~taken[current[left]]
+            out[left[keep]] = current[left[keep]]
+            taken[out[left[keep]]] = True
+            rest = left[~keep]
+            out[rest] = np.flatnonzero(~taken)[: rest.size]
     return out
 
 
@@ -154,18 +163,21 @@ def _auction(cells: np.ndarray, cost: np.ndarray, n_cells: int, eps: float) -> n
     rules out epsilon-scaling's price reuse, which could strand expensive empty cells).
     """
     V = cells.shape[0]
-    price = np.zeros(n_cells)
+    price = np.zeros(n_cells, dtype=np.float32)
     owner = np.full(n_cells, -1, dtype=np.int64)
     assigned = np.full(V, -1, dtype=np.int64)
     todo = np.arange(V)
+    first_round = True
     while todo.size:
-        value = cost[todo] + price[cells[todo]]  # lower is better
+        c, k = (cells, cost) if first_round else (cells[todo], cost[todo])  # no copies of everything
+        first_round = False
+        value = k + price[c]  # lower is better
         two = np.argpartition(value, 1, axis=1)[:, :2]
         v2 = np.take_along_axis(value, two, 1)
         first = np.where(v2[:, 0] <= v2[:, 1], two[:, 0], two[:, 1])
         rows = np.arange(todo.size)
-        target = cells[todo, first]
-        bid = price[target] + (v2.max(1) - value[rows, first]) + eps
+        target = c[rows, first]
+        bid = price[target] + (v2.max(1) - value[rows, first]) + np.float32(eps)
         order = np.lexsort((-bid, target))  # per cell, the highest bid first
         win = np.ones(order.size, dtype=bool)
         win[1:] = target[order][1:] != target[order][:-1]

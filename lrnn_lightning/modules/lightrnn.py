@@ -14,7 +14,6 @@ row softmax, so the model is a proper distribution over the V words.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from lrnn_lightning.allocation.stats import LossStatistics
