@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 
 import numpy as np
+import torch
 from scipy.optimize import linear_sum_assignment
 from scipy.sparse import csr_matrix
 from scipy.sparse.csgraph import min_weight_full_bipartite_matching
@@ -51,7 +52,8 @@ def _top_k(loss: np.ndarray, k: int) -> np.ndarray:
     """Indices of the ``k`` smallest entries of each row (unordered)."""
     if k >= loss.shape[1]:
         return np.broadcast_to(np.arange(loss.shape[1]), loss.shape).copy()
-    return np.argpartition(loss, k - 1, axis=1)[:, :k]
+    # torch.topk: several times faster than np.argpartition here, and multi-threaded
+    return torch.from_numpy(np.ascontiguousarray(loss)).topk(k, dim=1, largest=False, sorted=False).indices.numpy()
 
 
 def _candidates(row_loss: np.ndarray, col_loss: np.ndarray, current: np.ndarray, k: int, chunk: int = 32_768):
