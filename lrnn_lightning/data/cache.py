@@ -117,6 +117,7 @@ def cached_token_ids(
         memo = json.loads(memo_path.read_text())
     except (OSError, ValueError):
         memo = {}
+    known = json.dumps(memo, sort_keys=True)
     splits = {split: _as_paths(p) for split, p in files.items()}
     key_src = {
         "version": CACHE_VERSION,
@@ -125,7 +126,8 @@ def cached_token_ids(
         "max_size": max_size,
         "vocab_file": file_digest(Path(vocab_file), memo) if vocab_file else None,
     }
-    write_json(memo_path, memo)
+    if json.dumps(memo, sort_keys=True) != known:  # only when a file was hashed
+        write_json(memo_path, memo)
     key = hashlib.sha256(json.dumps(key_src, sort_keys=True).encode()).hexdigest()[:20]
     entry = cache_dir / "tokens" / key
     if not (entry / "meta.json").is_file():

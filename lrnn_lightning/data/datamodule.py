@@ -21,8 +21,9 @@ class LMDataModule(L.LightningDataModule):
     """Language-model data: contiguous streams cut into BPTT windows.
 
     ``corpus`` is any object with ``prepare(cache_dir) -> CorpusFiles`` (a registry corpus, a folder
-    of text files, the synthetic language, ...). ``min_count=None`` takes the corpus's own threshold. ``batch_size`` is per process: under DDP each rank reads its own
-    contiguous part of the training split, so the global batch is ``batch_size * world_size``.
+    of text files, the synthetic language, ...). ``min_count=None`` takes the corpus's own threshold.
+    ``batch_size`` is per process: under DDP each rank reads its own contiguous part of the training
+    split, so the global batch is ``batch_size * world_size``.
     """
 
     def __init__(
@@ -48,6 +49,7 @@ class LMDataModule(L.LightningDataModule):
         self.num_workers = num_workers
         self.vocab: Vocabulary | None = None
         self.ids: dict = {}
+        self.sizes: dict[str, int] = {}
         self.metrics: dict[str, float] = {}
         self.windows: dict[str, BPTTWindows] = {}
 
