@@ -42,7 +42,11 @@ class WordTable(nn.Module):
             # that the frequent words sit in different rows (each row's softmax stays informative)
             i = torch.arange(V)
             return (i % R) * C + i // R
-        raise ValueError(f"unknown table init '{init}': use 'random' or 'frequency'")
+        if init == "frequency_rows":
+            # frequency binning as in class-based softmax: the C most frequent words fill row 0, the
+            # next C row 1, ... (the row softmax then predicts a frequency band)
+            return torch.arange(V)
+        raise ValueError(f"unknown table init '{init}': use 'random', 'frequency' or 'frequency_rows'")
 
     def _refresh(self) -> None:
         occupied = torch.zeros(self.rows * self.cols, dtype=torch.bool, device=self.cell.device)

@@ -25,17 +25,23 @@ class Reallocation(L.Callback):
 
     every_n_epochs: reallocate after every n-th epoch. max_rounds: at most this many rounds (None:
     no limit). min_moved_fraction: stop reallocating once a round moves fewer than this fraction of
-    the words. method/top_k: see ``lrnn_lightning.allocation.reallocate``.
+    the words. skip_last_epoch: no round after the run's final epoch (nothing would train on that
+    table; it only disturbs the final validation and the test). method/top_k: see
+    ``lrnn_lightning.allocation.reallocate``.
+
+    A round changes the function the model computes, so a ``ReduceLROnPlateau`` scheduler's memory
+    of the best validation loss is reset after it: the jump in loss that follows a move must not
+    halve the learning rate.
     """
 
     def __init__(self, every_n_epochs: int = 1, max_rounds: int | None = None, min_moved_fraction: float = 0.0,
                  statistics: str = "during", method: str = "auto", top_k: int | None = None,
-                 sample_rows: int = 8, words_per_row: int = 12):
+                 skip_last_epoch: bool = True, sample_rows: int = 8, words_per_row: int = 12):
         if statistics not in ("during", "extra_pass"):
             raise ValueError("statistics must be 'during' or 'extra_pass'")
         self.every_n_epochs, self.max_rounds = every_n_epochs, max_rounds
         self.min_moved_fraction, self.statistics = min_moved_fraction, statistics
-        self.method, self.top_k = method, top_k
+        self.method, self.top_k, self.skip_last_epoch = method, top_k, skip_last_epoch
         self.sample_rows, self.words_per_row = sample_rows, words_per_row
         self.rounds, self.stopped = 0, False
         self.metrics: dict[str, float] = {}
@@ -51,6 +57,8 @@ class Reallocation(L.Callback):
             not self.stopped
             and (self.max_rounds is None or self.rounds < self.max_rounds)
             and (trainer.current_epoch + 1) % self.every_n_epochs == 0
+            and not (self.skip_last_epoch and trainer.max_epochs not in (None, -1)
+                     and trainer.current_epoch + 1 >= trainer.max_epochs)
         )
 
     # ---- hooks ---------------------------------------------------------------------------------------
@@ -67,8 +75,15 @@ class Reallocation(L.Callback):
             self._extra_pass(trainer, pl_module, head)
         head.stats.stop()
         metrics = self.round(trainer, head)
+        self._reset_plateau(trainer)
         pl_module.log_dict(metrics, on_step=True, on_epoch=False, rank_zero_only=True)
         self._log_rows(trainer, head)
+
+    @staticmethod
+    def _reset_plateau(trainer) -> None:
+        for config in trainer.lr_scheduler_configs:
+            if isinstance(config.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+                config.scheduler._reset()
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         head = self.head_of(pl_module)
