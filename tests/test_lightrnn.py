@@ -156,14 +156,14 @@ LIGHT = [*TINY, "model=lightrnn", "model.embedding_size=16", "model.hidden_size=
 
 
 def test_fast_dev_run_of_lightrnn(make_cfg):
-    metrics = train(make_cfg([*LIGHT, "debug=fdr"]))
+    metrics = train(make_cfg([*LIGHT, "debug=fdr", "callbacks.reallocation.skip_last_epoch=false"]))
     assert metrics["test/ppl"] > 1 and metrics["realloc/round"] == 1
 
 
 def test_checkpoint_keeps_the_reallocated_table(make_cfg, tmp_path):
     from lrnn_lightning.checkpoint import load_language_model
 
-    metrics = train(make_cfg([*LIGHT, "trainer.max_epochs=2"]))
+    metrics = train(make_cfg([*LIGHT, "trainer.max_epochs=2", "callbacks.reallocation.skip_last_epoch=false"]))
     assert metrics["realloc/round"] == 2 and metrics["realloc/moved_words"] > 0
     assert metrics["realloc/lower_bound"] <= metrics["realloc/cost_after"] <= metrics["realloc/cost_before"]
     last, _, _ = load_language_model(tmp_path / "run" / "checkpoints" / "last.ckpt")
@@ -176,6 +176,7 @@ def test_checkpoint_keeps_the_reallocated_table(make_cfg, tmp_path):
 @pytest.mark.slow
 def test_ddp_two_processes_end_with_the_same_table(tmp_path):
     proc = run_script("train.py", *LIGHT, "logger=none", "hardware=ddp_cpu", "trainer.max_epochs=2",
+                      "callbacks.reallocation.skip_last_epoch=false",
                       f"paths.root_dir={tmp_path}", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     text = "".join(p.read_text() for p in (tmp_path / "logs").rglob("*.log"))
@@ -197,3 +198,62 @@ def test_greedy_with_many_leftovers_still_returns_a_permutation(monkeypatch):
     row[:, 0] = col[:, 0] = -1
     new = reallocate(row, col, rng.permutation(R * C)[:V], "greedy", top_k=2)
     assert len(set(new.tolist())) == V and new.max() < R * C
+
+
+def test_no_round_after_the_final_epoch_by_default(make_cfg):
+    metrics = train(make_cfg([*LIGHT, "trainer.max_epochs=3"]))
+    assert metrics["realloc/round"] == 2
+
+
+def test_a_round_resets_the_plateau_scheduler():
+    from types import SimpleNamespace
+
+    from lrnn_lightning.callbacks import Reallocation
+
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, patience=1)
+    plateau.step(1.0)
+    plateau.step(2.0)  # one bad epoch: the next one would halve the learning rate
+    assert plateau.num_bad_epochs == 1
+    Reallocation._reset_plateau(SimpleNamespace(lr_scheduler_configs=[SimpleNamespace(scheduler=plateau)]))
+    plateau.step(3.0)  # the jump after a reallocation is the new reference, not a second bad epoch
+    assert opt.param_groups[0]["lr"] == 1.0 and plateau.best == 3.0
+
+
+def test_context_table_recovers_the_classes_of_a_class_language():
+    from collections import Counter
+
+    from lrnn_lightning.allocation.context import context_table
+    from lrnn_lightning.data.synthetic import ClassMarkovLanguage, LanguageSpec
+
+    lang = ClassMarkovLanguage(LanguageSpec(num_words=100, num_classes=10, successors=3, seed=3))
+    tokens = np.concatenate(lang.sample(60_000, seed=1))
+    V = int(tokens.max()) + 1  # the words and the sentence end
+    R, C = table_shape(V)
+    cells = context_table(tokens, V, R, C)
+    assert sorted(cells.tolist()) == sorted(set(cells.tolist())) and cells.max() < R * C
+    rows = cells // C
+    counts = np.bincount(tokens, minlength=V)
+    word_class = np.append(lang.word_class, -1)[:V]
+    # token-weighted share of words that sit in a row with their class's majority
+    majority = {r: Counter(word_class[rows == r]).most_common(1)[0][0] for r in set(rows.tolist())}
+    agree = counts[[w for w in range(V) if word_class[w] == majority[rows[w]]]].sum() / counts.sum()
+    random_rows = np.random.default_rng(0).permutation(R * C)[:V] // C
+    majority_r = {r: Counter(word_class[random_rows == r]).most_common(1)[0][0] for r in set(random_rows.tolist())}
+    agree_random = counts[[w for w in range(V) if word_class[w] == majority_r[random_rows[w]]]].sum() / counts.sum()
+    assert agree > 0.9 > 0.5 > agree_random
+
+
+def test_context_initial_table_replaces_the_random_one_once(make_cfg, tmp_path):
+    from lrnn_lightning.allocation.context import context_table
+    from lrnn_lightning.checkpoint import load_language_model
+
+    cfg = make_cfg([*LIGHT, "trainer.max_epochs=1", "callbacks.reallocation.initial_table=context"])
+    train(cfg)
+    last, _, _ = load_language_model(tmp_path / "run" / "checkpoints" / "last.ckpt")
+    ids = np.load(next((tmp_path / ".cache").rglob("train.npy")), mmap_mode="r")
+    table = last.head.table
+    expected = context_table(ids, table.vocab_size, table.rows, table.cols)
+    assert torch.equal(table.cell, torch.as_tensor(expected))
+    ckpt = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert any("Reallocation" in k and v["initialized"] for k, v in ckpt["callbacks"].items())

@@ -10,6 +10,7 @@ import lightning as L
 import torch
 
 from lrnn_lightning.allocation import allocation_cost, lower_bound, reallocate
+from lrnn_lightning.allocation.context import context_table
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +30,11 @@ class Reallocation(L.Callback):
     table; it only disturbs the final validation and the test). method/top_k: see
     ``lrnn_lightning.allocation.reallocate``.
 
+    initial_table: ``model`` keeps the table the head was built with (``table_init``: random, as
+    in the paper, or by frequency); ``context`` replaces it, before the first training step of a
+    fresh run, by a clustering of the words by their left contexts in the training data
+    (``lrnn_lightning.allocation.context``), so that rows start as word classes.
+
     A round changes the function the model computes, so a ``ReduceLROnPlateau`` scheduler's memory
     of the best validation loss is reset after it: the jump in loss that follows a move must not
     halve the learning rate.
@@ -36,12 +42,16 @@ class Reallocation(L.Callback):
 
     def __init__(self, every_n_epochs: int = 1, max_rounds: int | None = None, min_moved_fraction: float = 0.0,
                  statistics: str = "during", method: str = "auto", top_k: int | None = None,
-                 skip_last_epoch: bool = True, sample_rows: int = 8, words_per_row: int = 12):
+                 skip_last_epoch: bool = True, initial_table: str = "model", sample_rows: int = 8,
+                 words_per_row: int = 12):
         if statistics not in ("during", "extra_pass"):
             raise ValueError("statistics must be 'during' or 'extra_pass'")
         self.every_n_epochs, self.max_rounds = every_n_epochs, max_rounds
         self.min_moved_fraction, self.statistics = min_moved_fraction, statistics
+        if initial_table not in ("model", "context"):
+            raise ValueError(f"initial_table must be 'model' or 'context', got '{initial_table}'")
         self.method, self.top_k, self.skip_last_epoch = method, top_k, skip_last_epoch
+        self.initial_table, self.initialized = initial_table, False
         self.sample_rows, self.words_per_row = sample_rows, words_per_row
         self.rounds, self.stopped = 0, False
         self.metrics: dict[str, float] = {}
@@ -62,6 +72,21 @@ class Reallocation(L.Callback):
         )
 
     # ---- hooks ---------------------------------------------------------------------------------------
+    def on_train_start(self, trainer, pl_module) -> None:
+        head = self.head_of(pl_module)
+        if head is None or self.initial_table != "context" or self.initialized or trainer.global_step > 0:
+            return
+        t0 = time.perf_counter()
+        cells = None
+        if trainer.is_global_zero:
+            table = head.table
+            cells = context_table(trainer.datamodule.ids["train"], head.vocab_size, table.rows, table.cols)
+        cells = trainer.strategy.broadcast(cells, src=0)
+        moved = head.table.assign(torch.as_tensor(cells))
+        self.initialized = True
+        log.info("initial table from left contexts: %d words placed in %.1f s; table %s", moved,
+                 time.perf_counter() - t0, head.table.fingerprint())
+
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         head = self.head_of(pl_module)
         if head is not None and self.statistics == "during" and self._due(trainer):
@@ -156,8 +181,10 @@ class Reallocation(L.Callback):
 
     # ---- resume ------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        return {"rounds": self.rounds, "stopped": self.stopped, "history": self.history}
+        return {"rounds": self.rounds, "stopped": self.stopped, "history": self.history,
+                "initialized": self.initialized}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.rounds, self.stopped = state_dict["rounds"], state_dict["stopped"]
         self.history = list(state_dict.get("history", []))
+        self.initialized = state_dict.get("initialized", self.rounds > 0)
