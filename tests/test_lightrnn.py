@@ -257,3 +257,14 @@ def test_context_initial_table_replaces_the_random_one_once(make_cfg, tmp_path):
     assert torch.equal(table.cell, torch.as_tensor(expected))
     ckpt = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)
     assert any("Reallocation" in k and v["initialized"] for k, v in ckpt["callbacks"].items())
+
+
+def test_move_penalty_keeps_words_whose_gain_is_smaller(make_cfg):
+    base = [*LIGHT, "trainer.max_epochs=1", "callbacks.reallocation.skip_last_epoch=false"]
+    free = train(make_cfg([*base, "callbacks.reallocation.move_penalty=0"], run="free"))
+    pinned = train(make_cfg([*base, "callbacks.reallocation.move_penalty=1e6"], run="pinned"))
+    assert free["realloc/moved_words"] > 0
+    assert pinned["realloc/moved_words"] == 0
+    # the reported costs stay the model's losses, without the penalty
+    assert pinned["realloc/cost_after"] == pytest.approx(pinned["realloc/cost_before"])
+    assert pinned["realloc/lower_bound"] <= pinned["realloc/cost_before"]

@@ -16,6 +16,7 @@ class LossStatistics(nn.Module):
         self.enabled = False
         self.register_buffer("row_loss", torch.zeros(0), persistent=False)
         self.register_buffer("col_loss", torch.zeros(0), persistent=False)
+        self.register_buffer("count", torch.zeros(0), persistent=False)
 
     def start(self) -> None:
         """Zero the statistics (allocating them on first use) and begin accumulating."""
@@ -23,9 +24,11 @@ class LossStatistics(nn.Module):
         if self.row_loss.numel() == 0:
             self.row_loss = torch.zeros(self.vocab_size, self.rows, device=device)
             self.col_loss = torch.zeros(self.vocab_size, self.cols, device=device)
+            self.count = torch.zeros(self.vocab_size, device=device)
         else:
             self.row_loss.zero_()
             self.col_loss.zero_()
+            self.count.zero_()
         self.enabled = True
 
     def stop(self) -> None:
@@ -37,6 +40,7 @@ class LossStatistics(nn.Module):
         device = self.row_loss.device
         self.row_loss = torch.zeros(0, device=device)
         self.col_loss = torch.zeros(0, device=device)
+        self.count = torch.zeros(0, device=device)
 
     @torch.no_grad()
     def add(self, targets: torch.Tensor, row_logp: torch.Tensor, col_logp: torch.Tensor) -> None:
@@ -45,3 +49,4 @@ class LossStatistics(nn.Module):
         t = targets[keep]
         self.row_loss.index_add_(0, t, -row_logp[keep].float())
         self.col_loss.index_add_(0, t, -col_logp[keep].float())
+        self.count.index_add_(0, t, torch.ones_like(t, dtype=torch.float32))

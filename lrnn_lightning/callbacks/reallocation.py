@@ -7,6 +7,7 @@ import time
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 
 from lrnn_lightning.allocation import allocation_cost, lower_bound, reallocate
@@ -35,6 +36,12 @@ class Reallocation(L.Callback):
     fresh run, by a clustering of the words by their left contexts in the training data
     (``lrnn_lightning.allocation.context``), so that rows start as word classes.
 
+    move_penalty: nats per occurrence charged for changing a word's row, and again for changing its
+    column. The statistics price each cell by the current model's output losses only; a moved word
+    also loses the input vectors the model has learned to read as that word (its new cell's
+    vectors meant another word), so a word moves only where the estimated gain per occurrence
+    beats the penalty. 0 is the paper's plain matching.
+
     A round changes the function the model computes, so a ``ReduceLROnPlateau`` scheduler's memory
     of the best validation loss is reset after it: the jump in loss that follows a move must not
     halve the learning rate.
@@ -42,7 +49,8 @@ class Reallocation(L.Callback):
 
     def __init__(self, every_n_epochs: int = 1, max_rounds: int | None = None, min_moved_fraction: float = 0.0,
                  statistics: str = "during", method: str = "auto", top_k: int | None = None,
-                 skip_last_epoch: bool = True, initial_table: str = "model", sample_rows: int = 8,
+                 skip_last_epoch: bool = True, initial_table: str = "model", move_penalty: float = 0.0,
+                 sample_rows: int = 8,
                  words_per_row: int = 12):
         if statistics not in ("during", "extra_pass"):
             raise ValueError("statistics must be 'during' or 'extra_pass'")
@@ -52,6 +60,9 @@ class Reallocation(L.Callback):
             raise ValueError(f"initial_table must be 'model' or 'context', got '{initial_table}'")
         self.method, self.top_k, self.skip_last_epoch = method, top_k, skip_last_epoch
         self.initial_table, self.initialized = initial_table, False
+        if move_penalty < 0:
+            raise ValueError(f"move_penalty must be >= 0 (nats per occurrence), got {move_penalty}")
+        self.move_penalty = move_penalty
         self.sample_rows, self.words_per_row = sample_rows, words_per_row
         self.rounds, self.stopped = 0, False
         self.metrics: dict[str, float] = {}
@@ -136,11 +147,21 @@ class Reallocation(L.Callback):
         strategy = trainer.strategy
         row_loss = strategy.reduce(head.stats.row_loss, reduce_op="sum")
         col_loss = strategy.reduce(head.stats.col_loss, reduce_op="sum")
+        count = strategy.reduce(head.stats.count, reduce_op="sum") if self.move_penalty > 0 else None
         current = head.table.cell
         new, info = None, None
         if trainer.is_global_zero:
             row, col, cur = row_loss.cpu().numpy(), col_loss.cpu().numpy(), current.cpu().numpy()
-            new = reallocate(row, col, cur, self.method, self.top_k)
+            if count is None:
+                new = reallocate(row, col, cur, self.method, self.top_k)
+            else:  # the current row and column are cheaper by the penalty (separable, so any solver applies)
+                # (a word never seen as a target has no loss anywhere: a token of bonus keeps it still)
+                bonus = self.move_penalty * np.maximum(count.cpu().numpy().astype(np.float64), 1e-3)
+                words = np.arange(len(cur))
+                row_p, col_p = row.astype(np.float64), col.astype(np.float64)
+                row_p[words, cur // head.table.cols] -= bonus
+                col_p[words, cur % head.table.cols] -= bonus
+                new = reallocate(row_p, col_p, cur, self.method, self.top_k)
             info = {
                 "realloc/cost_before": allocation_cost(row, col, cur),
                 "realloc/cost_after": allocation_cost(row, col, new),
