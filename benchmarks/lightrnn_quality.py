@@ -2,6 +2,8 @@
 
     python benchmarks/lightrnn_quality.py synthetic   # default synthetic language, default run length
     python benchmarks/lightrnn_quality.py ptb [--ptb ../shared/data/ptb] [--epochs 2]
+    python benchmarks/lightrnn_quality.py lightsru_synthetic | lightsru_ptb   # LightSRU vs LightRNN
+    ... [--only NAME ...]   # rerun some configurations, keep the others from the existing JSON
 
 Each configuration is one real ``python train.py`` run (same seed, same epochs); the script
 collects their metrics.json into benchmarks/results/lightrnn_quality_<name>.json.
@@ -18,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import ROOT, write_result
+from common import RESULTS, ROOT, write_result
 
 
 def run(overrides: list[str]) -> dict:
@@ -38,31 +40,55 @@ def run(overrides: list[str]) -> dict:
             "metrics": {k: v for k, v in metrics.items() if not k.startswith("ckpt/")}}
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("which", choices=["synthetic", "ptb"])
-    ap.add_argument("--ptb", default=str(ROOT.parent / "shared" / "data" / "ptb"))
-    ap.add_argument("--epochs", type=int, default=2)
-    args = ap.parse_args()
-    if args.which == "synthetic":
-        configs = {
-            "lightrnn_reallocation": ["model=lightrnn"],
-            "lightrnn_frozen_random_table": ["model=lightrnn", "callbacks.reallocation.max_rounds=0"],
+PAPER = ["callbacks.reallocation.initial_table=model", "callbacks.reallocation.move_penalty=0"]
+FROZEN_RANDOM = ["callbacks.reallocation.initial_table=model", "callbacks.reallocation.max_rounds=0"]
+
+
+def configurations(which: str, ptb: str, epochs: int) -> dict[str, list[str]]:
+    # PTB: the same 2-layer 256-unit core for every model, the same epochs
+    common = ["data=ptb", f"data.root={ptb}", f"trainer.max_epochs={epochs}", "model.num_layers=2",
+              "model.hidden_size=256", "model.embedding_size=256"]
+    if which == "synthetic":
+        return {
+            "lightrnn": ["model=lightrnn"],
+            "lightrnn_paper_random_start": ["model=lightrnn", *PAPER],
+            "lightrnn_frozen_random_table": ["model=lightrnn", *FROZEN_RANDOM],
         }
-    else:
-        # the same core for both: 2-layer LSTM-256
-        common = ["data=ptb", f"data.root={args.ptb}", f"trainer.max_epochs={args.epochs}", "model.num_layers=2",
-                  "model.hidden_size=256", "model.embedding_size=256"]
-        configs = {
+    if which == "ptb":
+        return {
             "lightrnn": ["model=lightrnn", *common],
+            "lightrnn_paper_random_start": ["model=lightrnn", *common, *PAPER],
+            "lightrnn_frozen_random_table": ["model=lightrnn", *common, *FROZEN_RANDOM],
             "softmax_lstm": ["model=lstm", *common],
         }
+    if which == "lightsru_synthetic":
+        return {"lightsru": ["model=lightsru"], "lightrnn": ["model=lightrnn"]}
+    if which == "lightsru_ptb":
+        return {"lightsru": ["model=lightsru", *common], "lightrnn": ["model=lightrnn", *common]}
+    raise ValueError(which)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("which", choices=["synthetic", "ptb", "lightsru_synthetic", "lightsru_ptb"])
+    ap.add_argument("--ptb", default=str(ROOT.parent / "shared" / "data" / "ptb"))
+    ap.add_argument("--epochs", type=int, default=2)
+    ap.add_argument("--only", nargs="*", default=None,
+                    help="run only these configurations; the others are kept from the existing JSON")
+    args = ap.parse_args()
+    configs = configurations(args.which, args.ptb, args.epochs)
+    out = RESULTS / f"lightrnn_quality_{args.which}.json"
+    previous = json.loads(out.read_text()).get("runs", {}) if args.only and out.exists() else {}
     results = {}
     for name, overrides in configs.items():
+        if args.only is not None and name not in args.only and name in previous:
+            results[name] = previous[name]
+            continue
         results[name] = run(overrides)
         print(name, json.dumps(results[name]), flush=True)
     write_result(f"lightrnn_quality_{args.which}", {"omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
                                                      "runs": results})
+
 
 if __name__ == "__main__":
     main()
