@@ -295,3 +295,46 @@ def test_cuda_module_auto_uses_triton_and_matches_torch():
     h_torch, c_torch = sru(x)
     torch.testing.assert_close(h_auto, h_torch, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(c_auto, c_torch, atol=1e-5, rtol=1e-5)
+
+
+# ---- the language models -----------------------------------------------------------------------
+
+@pytest.mark.parametrize("model", ["sru", "lightsru"])
+def test_fast_dev_run_of_sru_language_models(make_cfg, model):
+    from conftest import TINY
+
+    from lrnn_lightning.run import train
+
+    metrics = train(make_cfg([*TINY, f"model={model}", "model.num_layers=2", "debug=fdr"]))
+    assert math.isfinite(metrics["test/ppl"]) and metrics["test/ppl"] > 1
+    assert metrics["params/embedding"] > 0
+
+
+@pytest.mark.parametrize("model", ["sru", "lightsru"])
+def test_sru_language_models_train_and_reload(make_cfg, tmp_path, model):
+    from conftest import TINY
+
+    from lrnn_lightning.checkpoint import load_language_model
+    from lrnn_lightning.modules.sru import SRU as SRUModule
+    from lrnn_lightning.run import train
+
+    metrics = train(make_cfg([*TINY, f"model={model}", "model.num_layers=2", "trainer.max_epochs=1"]))
+    # the test ran from the best checkpoint, which must load with weights_only=True
+    ckpt = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert ckpt["state_dict"]
+    model_, _, _ = load_language_model(tmp_path / "run" / "checkpoints" / "last.ckpt")
+    assert isinstance(model_.core, SRUModule) and metrics["test/ppl"] < metrics["data/vocab_size"]
+
+
+def test_sru_ptb_experiment_has_the_papers_size():
+    from hydra import compose, initialize_config_dir
+    from hydra.utils import instantiate
+
+    from conftest import CONF
+
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONF)):
+        cfg = compose("train", overrides=["experiment=sru_ptb"])
+    core = instantiate(cfg.model.core)
+    head = instantiate(cfg.model.head)(vocab_size=10_000, input_size=core.input_size, hidden_size=core.output_size)
+    total = sum(p.numel() for m in (core, head) for p in m.parameters())
+    assert core.num_layers == 6 and 23e6 < total < 25e6  # "about 24 M parameters, 6 layers"

@@ -9,6 +9,7 @@ from typing import Any, Callable
 import lightning as L
 import numpy as np
 import torch
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch import nn
 
 from lrnn_lightning.modules.state import detach_state
@@ -35,6 +36,9 @@ class LanguageModel(L.LightningModule):
         """``shared``: the model config's top-level sizes (``hidden_size``, ``dropout``, ...) that
         ``core`` and ``head`` interpolate; recorded as hyperparameters, not used directly."""
         super().__init__()
+        # plain containers: checkpoints must load with torch.load(weights_only=True)
+        shared = {k: OmegaConf.to_container(v, resolve=True) if isinstance(v, DictConfig | ListConfig) else v
+                  for k, v in shared.items()}
         self.save_hyperparameters(shared, logger=False)
         self.core = core
         self.head = head(vocab_size=vocab_size, input_size=core.input_size, hidden_size=core.output_size)
