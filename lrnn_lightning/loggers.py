@@ -34,10 +34,33 @@ def wandb_mode(offline: bool | None = None) -> str:
     return "online"
 
 
+def sweep_identity(tags: list[str] | None = None) -> dict:
+    """Inside a Hydra multirun job: ``group`` = the sweep (its directory's name), ``name`` =
+    ``<sweep>/<job number>``, ``tags`` += the job's overrides (W&B caps a tag at 64 characters).
+    Outside a sweep: nothing."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        return {}
+    hc = HydraConfig.get()
+    sweep = Path(hc.sweep.dir).name
+    overrides = [o for o in hc.overrides.task if not o.startswith(("hydra.", "paths."))]
+    return {"group": sweep, "name": f"{sweep}/{hc.job.num}",
+            "tags": list(dict.fromkeys([*(tags or []), *(o[:64] for o in overrides)]))}
+
+
 def wandb_logger(save_dir: str, project: str = "lrnn-lightning", offline: bool | None = None, **kwargs):
-    """A Lightning ``WandbLogger`` in the right mode; offline runs say how to upload them later."""
+    """A Lightning ``WandbLogger`` in the right mode; offline runs say how to upload them later.
+
+    In a sweep, runs are grouped by sweep and named and tagged by job (``sweep_identity``) unless
+    ``group``/``name`` are given. ``id`` (with ``resume="allow"``) continues an earlier run.
+    """
     from lightning.pytorch.loggers import WandbLogger
 
+    for key, value in sweep_identity(kwargs.get("tags")).items():
+        if key == "tags" or kwargs.get(key) is None:
+            kwargs[key] = value
     mode = wandb_mode(offline)
     Path(save_dir).mkdir(parents=True, exist_ok=True)
     if mode == "offline":

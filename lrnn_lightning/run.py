@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import logging
 import math
+import os
 import sys
 from pathlib import Path
 from typing import Any, Callable
@@ -17,12 +18,14 @@ from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
 from lrnn_lightning.atomic import write_json, write_text
+from lrnn_lightning import resolvers
 from lrnn_lightning.callbacks import RunMetadata, TokensPerSecond
 from lrnn_lightning.checkpoint import AtomicCheckpointIO, check_same_vocab, checkpoint_vocab, load_language_model, read_checkpoint
 from lrnn_lightning.errors import UserError
 from lrnn_lightning.loggers import finish_wandb
 
 log = logging.getLogger(__name__)
+resolvers.register()
 
 
 def user_errors(fn: Callable) -> Callable:
@@ -51,6 +54,22 @@ def _instantiate_group(group: DictConfig | None) -> list:
     return [instantiate(c) for c in group.values() if c is not None and "_target_" in c]
 
 
+def _instantiate_loggers(group: DictConfig | None, resume_from: str | None) -> list:
+    """Loggers; resuming from a checkpoint continues the W&B run it recorded."""
+    wandb_id = None
+    if resume_from:
+        wandb_id = read_checkpoint(resume_from).get(RunMetadata.KEY, {}).get("wandb_id")
+    loggers = []
+    for conf in (group or {}).values():
+        if conf is None or "_target_" not in conf:
+            continue
+        if wandb_id and conf["_target_"].endswith("wandb_logger"):
+            loggers.append(instantiate(conf, id=wandb_id, resume="allow"))
+        else:
+            loggers.append(instantiate(conf))
+    return loggers
+
+
 def _container(cfg: DictConfig) -> dict:
     return OmegaConf.to_container(cfg, resolve=True)
 
@@ -60,12 +79,43 @@ def _data_name(data_cfg: DictConfig) -> str:
     return str(corpus.get("name") or corpus.get("_target_", "?").rsplit(".", 1)[-1])
 
 
+def _ddp_children_run_this_job_only() -> None:
+    """Multirun + DDP: Lightning starts ranks > 0 as ``python train.py <sys.argv[1:]>
+    hydra.run.dir=<hydra.run.dir>``. Inside a sweep job those arguments are the whole sweep (``-m``,
+    ``a=1,2``, ``hparams_search=...``), so every child would launch the sweep again. Point the
+    children at this job instead: its own resolved overrides, single-run mode, its output dir."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+    from omegaconf import read_write
+
+    if not HydraConfig.initialized():
+        return
+    hc = HydraConfig.get()
+    if hc.mode != RunMode.MULTIRUN:
+        return
+    sys.argv = [sys.argv[0], *hc.overrides.task, "hydra.mode=RUN"]
+    with read_write(hc):
+        hc.run.dir = hc.runtime.output_dir
+
+
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit, test the best checkpoint, write ``metrics.json``; returns the metrics."""
+    environ = dict(os.environ)
     try:
         return _train(cfg)
     finally:
         finish_wandb()
+        _leave_distributed(environ)
+
+
+def _leave_distributed(environ: dict[str, str]) -> None:
+    """The next job of a sweep runs in this same process: it must not find this job's process
+    group, nor the rank/port variables Lightning's DDP launcher exported."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+    for key in set(os.environ) - set(environ):
+        del os.environ[key]
+    os.environ.update(environ)
 
 
 def _train(cfg: DictConfig) -> dict[str, Any]:
@@ -81,7 +131,7 @@ def _train(cfg: DictConfig) -> dict[str, Any]:
     model = instantiate(cfg.model, vocab_size=len(vocab))
     callbacks = _instantiate_group(cfg.get("callbacks"))
     callbacks.append(RunMetadata(_container(cfg.model), _container(cfg.data), vocab.words))
-    loggers = _instantiate_group(cfg.get("logger"))
+    loggers = _instantiate_loggers(cfg.get("logger"), resume_from=cfg.get("ckpt_path"))
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()])
 
     counts = model.parameter_counts()
@@ -91,6 +141,7 @@ def _train(cfg: DictConfig) -> dict[str, Any]:
         lg.log_metrics(run_info, step=0)
     log.info("parameters: total %d, embedding %d", counts["params/total"], counts["params/embedding"])
 
+    _ddp_children_run_this_job_only()
     trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
 
     metrics: dict[str, Any] = {**run_info, **model.epoch_metrics}

@@ -14,4 +14,10 @@ class RunMetadata(L.Callback):
         self.meta = {"model_config": model_config, "data_config": data_config, "vocab": list(vocab)}
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict[str, Any]) -> None:
-        checkpoint[self.KEY] = self.meta
+        from lightning.pytorch.loggers import WandbLogger
+
+        meta = dict(self.meta)
+        wandb_ids = [lg.version for lg in trainer.loggers if isinstance(lg, WandbLogger) and lg.version]
+        if wandb_ids:  # a run resumed from this checkpoint continues the same W&B run
+            meta["wandb_id"] = str(wandb_ids[0])
+        checkpoint[self.KEY] = meta
