@@ -21,9 +21,10 @@ from lrnn_lightning.modules import LightRNNHead, LSTMCore, SoftmaxHead
 from lrnn_lightning.modules.state import detach_state
 
 
-def measure(head_cls, V: int, H: int, B: int, T: int, steps: int) -> dict:
+def measure(head_cls, V: int, H: int, B: int, T: int, steps: int, make_core=None) -> dict:
     torch.manual_seed(0)
-    core, head = LSTMCore(H, H, 2, 0.2), head_cls(V, H, H, 0.2)
+    core = make_core() if make_core is not None else LSTMCore(H, H, 2, 0.2)
+    head = head_cls(V, H, H, 0.2)
     params = list(core.parameters()) + list(head.parameters())
     opt = torch.optim.Adam(params, 1e-3)
     x, y = torch.randint(0, V, (T, B)), torch.randint(0, V, (T, B))
