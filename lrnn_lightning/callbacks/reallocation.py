@@ -28,7 +28,9 @@ class Reallocation(L.Callback):
     every_n_epochs: reallocate after every n-th epoch. max_rounds: at most this many rounds (None:
     no limit). min_moved_fraction: stop reallocating once a round moves fewer than this fraction of
     the words. skip_last_epoch: no round after the run's final epoch (nothing would train on that
-    table; it only disturbs the final validation and the test). method/top_k: see
+    table; it only disturbs the final validation and the test). A run resumed with a larger
+    ``max_epochs`` therefore lacks the round its earlier final epoch skipped; an interrupted run
+    resumed with the same ``max_epochs`` is exact. method/top_k: see
     ``lrnn_lightning.allocation.reallocate``.
 
     initial_table: ``model`` keeps the table the head was built with (``table_init``: random, as
