@@ -48,8 +48,10 @@ def test_optuna_study_interrupted_after_two_trials_resumes_to_three(tmp_path):
 
     second = run_script("train.py", *args, "hydra.sweeper.n_trials=3", cwd=tmp_path)
     assert second.returncode == 0, second.stderr[-3000:]
-    states = [t.state.name for t in optuna.load_study(study_name="s", storage=storage).trials]
-    assert states == ["COMPLETE", "COMPLETE", "FAIL", "COMPLETE"]
+    trials = optuna.load_study(study_name="s", storage=storage).trials
+    assert [t.state.name for t in trials] == ["COMPLETE", "COMPLETE", "FAIL", "COMPLETE"]
+    # the resumed sampler proposes new parameters, not the first trial's again
+    assert trials[3].params not in (trials[0].params, trials[1].params)
     # one new job, numbered after the old ones (which are untouched)
     assert [p.name for p in jobs_of(tmp_path)] == ["0", "1", "3"]
     assert "1 interrupted" in second.stdout + second.stderr

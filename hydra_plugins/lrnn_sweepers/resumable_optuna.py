@@ -5,7 +5,8 @@ but a second invocation runs ``n_trials`` *more* trials, restarts the job number
 jobs overwrite the old jobs' directories) and leaves the trial that was running when the sweep
 died in the RUNNING state forever. ``ResumableOptunaSweeper`` makes ``n_trials`` the study's
 total: on start it marks trials left RUNNING by a dead sweep as FAIL (they are run again), runs
-only the trials still missing, and numbers the new jobs after the existing ones.
+only the trials still missing, numbers the new jobs after the existing ones, and reseeds the
+sampler (seeded as the first time, it would propose the first trials' parameters again).
 """
 
 from __future__ import annotations
@@ -49,6 +50,9 @@ class ResumableOptunaSweeper(OptunaSweeper):
             study.tell(t.number, state=optuna.trial.TrialState.FAIL)
         impl.n_trials = max(0, impl.n_trials - finished)
         impl.job_idx = len(trials)
+        # a sampler seeded as the first time would propose the first trials' parameters again
+        if hasattr(impl.sampler, "reseed_rng"):
+            impl.sampler.reseed_rng()
         log.info("resuming study '%s': %d trials finished, %d interrupted (marked failed), %d to run",
                  impl.study_name, finished, len(stale), impl.n_trials)
         if impl.n_trials == 0:
