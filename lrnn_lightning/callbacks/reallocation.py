@@ -89,6 +89,9 @@ class Reallocation(L.Callback):
         head = self.head_of(pl_module)
         if head is None or self.initial_table != "context" or self.initialized or trainer.global_step > 0:
             return
+        if getattr(trainer.datamodule, "ids", None) is None:
+            log.warning("initial_table=context needs the LMDataModule's token ids; keeping the model's table")
+            return
         t0 = time.perf_counter()
         cells = None
         if trainer.is_global_zero:
