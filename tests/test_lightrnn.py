@@ -220,10 +220,16 @@ def test_a_round_resets_the_plateau_scheduler():
     assert opt.param_groups[0]["lr"] == 1.0 and plateau.best == 3.0
 
 
-def test_context_table_recovers_the_classes_of_a_class_language():
+@pytest.mark.parametrize("parallel", [False, True], ids=["sequential", "parallel"])
+def test_context_table_recovers_the_classes_of_a_class_language(monkeypatch, parallel):
+    """Both capacity-constrained assignments: one word at a time (small V) and proposal rounds."""
     from collections import Counter
 
+    import lrnn_lightning.allocation.context as context
     from lrnn_lightning.allocation.context import context_table
+
+    if parallel:
+        monkeypatch.setattr(context, "SEQUENTIAL_MAX_WORDS", 0)
     from lrnn_lightning.data.synthetic import ClassMarkovLanguage, LanguageSpec
 
     lang = ClassMarkovLanguage(LanguageSpec(num_words=100, num_classes=10, successors=3, seed=3))

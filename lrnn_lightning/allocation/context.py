@@ -45,21 +45,50 @@ def context_embedding(tokens: np.ndarray, vocab_size: int, features: int = 2000,
     return E, counts
 
 
-def _nearest(E: np.ndarray, centroids: np.ndarray, m: int, chunk: int = 65536) -> np.ndarray:
-    """The ``m`` nearest centroids of every row of E, nearest first: ``[V, m]``."""
-    m = min(m, len(centroids))
-    c2 = (centroids * centroids).sum(1)
+def _nearest(E: np.ndarray, centroids: np.ndarray, m: int, exclude: np.ndarray | None = None,
+             chunk: int = 65536) -> np.ndarray:
+    """The ``m`` nearest centroids of every row of E, nearest first (``exclude``: rows to skip)."""
+    allowed = np.arange(len(centroids)) if exclude is None else np.flatnonzero(~exclude)
+    cents = centroids[allowed]
+    m = min(m, len(cents))
+    c2 = (cents * cents).sum(1)
     out = np.empty((len(E), m), dtype=np.int64)
     for start in range(0, len(E), chunk):
-        d = c2[None, :] - 2.0 * (E[start:start + chunk] @ centroids.T)
+        d = c2[None, :] - 2.0 * (E[start:start + chunk] @ cents.T)
         part = np.argpartition(d, m - 1, axis=1)[:, :m] if m < d.shape[1] else np.tile(np.arange(m), (len(d), 1))
         order = np.take_along_axis(d, part, 1).argsort(1)
-        out[start:start + chunk] = np.take_along_axis(part, order, 1)
+        out[start:start + chunk] = allowed[np.take_along_axis(part, order, 1)]
     return out
 
 
-def _balanced_assign(E: np.ndarray, centroids: np.ndarray, order: np.ndarray, capacity: int, m: int = 16) -> np.ndarray:
-    """Words in ``order`` (most frequent first) take their nearest centroid with room left."""
+def _balanced_assign_parallel(E: np.ndarray, centroids: np.ndarray, order: np.ndarray, capacity: int, m: int = 16) -> np.ndarray:
+    """Rows of at most ``capacity`` words: every unassigned word proposes to its next-nearest row
+    and each row keeps its most frequent proposers while it has room (``order``: most frequent
+    first); words left over propose again among the rows that still have room. Vectorized."""
+    R, V = len(centroids), len(E)
+    left = np.full(R, capacity, dtype=np.int64)
+    row = np.full(V, -1, dtype=np.int64)
+    priority = np.empty(V, dtype=np.int64)
+    priority[order] = np.arange(V)
+    todo = order.copy()
+    while len(todo):
+        cand = _nearest(E[todo], centroids, m, exclude=left == 0)
+        for j in range(cand.shape[1]):
+            want = cand[:, j]
+            by_row = np.lexsort((priority[todo], want))
+            words, rows = todo[by_row], want[by_row]
+            first = np.searchsorted(rows, rows, side="left")
+            accepted = (np.arange(len(rows)) - first) < left[rows]
+            row[words[accepted]] = rows[accepted]
+            left -= np.bincount(rows[accepted], minlength=R)
+            todo, cand = words[~accepted], cand[by_row][~accepted]
+            if not len(todo):
+                break
+    return row
+
+
+def _balanced_assign_sequential(E: np.ndarray, centroids: np.ndarray, order: np.ndarray, capacity: int, m: int = 16) -> np.ndarray:
+    """Words in ``order`` (most frequent first) take, one by one, their nearest row with room left."""
     R = len(centroids)
     cand = _nearest(E, centroids, m)
     left = np.full(R, capacity, dtype=np.int64)
@@ -81,6 +110,17 @@ def _balanced_assign(E: np.ndarray, centroids: np.ndarray, order: np.ndarray, ca
             row[w] = r
             left[r] -= 1
     return row
+
+
+# past this many words the one-word-at-a-time assignment is slow in Python (37 s at V = 100,000
+# against 12.5 s for the proposal rounds, 535 s against 222 s at V = 793,471)
+SEQUENTIAL_MAX_WORDS = 50_000
+
+
+def _balanced_assign(E: np.ndarray, centroids: np.ndarray, order: np.ndarray, capacity: int) -> np.ndarray:
+    if len(E) <= SEQUENTIAL_MAX_WORDS:
+        return _balanced_assign_sequential(E, centroids, order, capacity)
+    return _balanced_assign_parallel(E, centroids, order, capacity)
 
 
 def context_table(tokens: np.ndarray, vocab_size: int, rows: int, cols: int, iterations: int = 10,
