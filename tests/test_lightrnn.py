@@ -274,3 +274,20 @@ def test_move_penalty_keeps_words_whose_gain_is_smaller(make_cfg):
     # the reported costs stay the model's losses, without the penalty
     assert pinned["realloc/cost_after"] == pytest.approx(pinned["realloc/cost_before"])
     assert pinned["realloc/lower_bound"] <= pinned["realloc/cost_before"]
+
+
+@pytest.mark.parametrize("experiment,vocab,expected", [("lightrnn_one_billion_word", 793_471, 41e6),
+                                                       ("lightrnn_aclw_french", 136_912, 17e6)])
+def test_paper_experiments_have_the_papers_sizes(experiment, vocab, expected):
+    """One Billion Word: 41M parameters; ACLW-French: 17M (Li et al. 2016)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.utils import instantiate
+
+    from conftest import CONF
+
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONF)):
+        cfg = compose("train", overrides=[f"experiment={experiment}"])
+    core = instantiate(cfg.model.core)
+    head = instantiate(cfg.model.head)(vocab_size=vocab, input_size=core.input_size, hidden_size=core.output_size)
+    total = sum(p.numel() for m in (core, head) for p in m.parameters())
+    assert total == pytest.approx(expected, rel=0.1)
