@@ -18,14 +18,12 @@ from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
 from lrnn_lightning.atomic import write_json, write_text
-from lrnn_lightning import resolvers
 from lrnn_lightning.callbacks import RunMetadata, TokensPerSecond
 from lrnn_lightning.checkpoint import AtomicCheckpointIO, check_same_vocab, checkpoint_vocab, load_language_model, read_checkpoint
 from lrnn_lightning.errors import UserError
 from lrnn_lightning.loggers import finish_wandb
 
 log = logging.getLogger(__name__)
-resolvers.register()
 
 
 def user_errors(fn: Callable) -> Callable:
@@ -48,26 +46,18 @@ def output_dir(cfg: DictConfig) -> Path:
     return Path(cfg.paths.output_dir)
 
 
+def _configs(group: DictConfig | None) -> list[DictConfig]:
+    return [c for c in (group or {}).values() if c is not None and "_target_" in c]
+
+
 def _instantiate_group(group: DictConfig | None) -> list:
-    if not group:
-        return []
-    return [instantiate(c) for c in group.values() if c is not None and "_target_" in c]
+    return [instantiate(c) for c in _configs(group)]
 
 
-def _instantiate_loggers(group: DictConfig | None, resume_from: str | None) -> list:
-    """Loggers; resuming from a checkpoint continues the W&B run it recorded."""
-    wandb_id = None
-    if resume_from:
-        wandb_id = read_checkpoint(resume_from).get(RunMetadata.KEY, {}).get("wandb_id")
-    loggers = []
-    for conf in (group or {}).values():
-        if conf is None or "_target_" not in conf:
-            continue
-        if wandb_id and conf["_target_"].endswith("wandb_logger"):
-            loggers.append(instantiate(conf, id=wandb_id, resume="allow"))
-        else:
-            loggers.append(instantiate(conf))
-    return loggers
+def _instantiate_loggers(group: DictConfig | None, wandb_id: str | None) -> list:
+    """Loggers; ``wandb_id`` (recorded in the checkpoint a run resumes from) continues that W&B run."""
+    return [instantiate(c, id=wandb_id, resume="allow") if wandb_id and c._target_.endswith("wandb_logger")
+            else instantiate(c) for c in _configs(group)]
 
 
 def _container(cfg: DictConfig) -> dict:
@@ -125,13 +115,17 @@ def _train(cfg: DictConfig) -> dict[str, Any]:
     datamodule = instantiate(cfg.data)
     datamodule.prepare_data()
     vocab = datamodule.vocab
+    wandb_id = None
     if cfg.get("ckpt_path"):
-        check_same_vocab(checkpoint_vocab(read_checkpoint(cfg.ckpt_path)), vocab, cfg.ckpt_path, _data_name(cfg.data))
+        resumed = read_checkpoint(cfg.ckpt_path)
+        check_same_vocab(checkpoint_vocab(resumed), vocab, cfg.ckpt_path, _data_name(cfg.data))
+        wandb_id = resumed[RunMetadata.KEY].get("wandb_id")
+        del resumed  # Lightning loads it again to restore the training state
 
     model = instantiate(cfg.model, vocab_size=len(vocab))
     callbacks = _instantiate_group(cfg.get("callbacks"))
     callbacks.append(RunMetadata(_container(cfg.model), _container(cfg.data), vocab.words))
-    loggers = _instantiate_loggers(cfg.get("logger"), resume_from=cfg.get("ckpt_path"))
+    loggers = _instantiate_loggers(cfg.get("logger"), wandb_id)
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()])
 
     counts = model.parameter_counts()

@@ -38,6 +38,30 @@ def _tanh(x):
     return 2.0 * _sigmoid(2.0 * x) - 1.0
 
 
+@triton.jit
+def _lane_parameters(WC, BIAS, n, valid, DIRS: tl.constexpr, D: tl.constexpr):
+    """Per lane ``n = (b, dir, unit)``: its direction and its v_f, v_r, b_f, b_r in fp32."""
+    col = n % (DIRS * D)
+    v_f = tl.load(WC + col, mask=valid, other=0.0).to(tl.float32)
+    v_r = tl.load(WC + DIRS * D + col, mask=valid, other=0.0).to(tl.float32)
+    b_f = tl.load(BIAS + col, mask=valid, other=0.0).to(tl.float32)
+    b_r = tl.load(BIAS + DIRS * D + col, mask=valid, other=0.0).to(tl.float32)
+    return (col // D) == 1, v_f, v_r, b_f, b_r
+
+
+@triton.jit
+def _load_step(U, X, off, valid, scale_x, K: tl.constexpr):
+    """One step's candidate, forget and reset pre-activations and highway term, in fp32."""
+    u0 = tl.load(U + off * K, mask=valid, other=0.0).to(tl.float32)
+    u1 = tl.load(U + off * K + 1, mask=valid, other=0.0).to(tl.float32)
+    u2 = tl.load(U + off * K + 2, mask=valid, other=0.0).to(tl.float32)
+    if K == 4:
+        xp = tl.load(U + off * K + 3, mask=valid, other=0.0).to(tl.float32)
+    else:
+        xp = tl.load(X + off, mask=valid, other=0.0).to(tl.float32) * scale_x
+    return u0, u1, u2, xp
+
+
 @triton.autotune(configs=_configs(), key=["N", "L", "K", "HAS_PAD", "SAVE_C"])
 @triton.jit
 def _sru_forward_kernel(U, X, WC, BIAS, C0, MASK_C, MASK_PAD, H, C_SEQ, C_LAST, scale_x, L, B, N,
@@ -46,13 +70,8 @@ def _sru_forward_kernel(U, X, WC, BIAS, C0, MASK_C, MASK_PAD, H, C_SEQ, C_LAST, 
                         BLOCK: tl.constexpr):
     n = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     valid = n < N
-    col = n % (DIRS * D)
     b = n // (DIRS * D)
-    backward_dir = (col // D) == 1
-    v_f = tl.load(WC + col, mask=valid, other=0.0).to(tl.float32)
-    v_r = tl.load(WC + DIRS * D + col, mask=valid, other=0.0).to(tl.float32)
-    b_f = tl.load(BIAS + col, mask=valid, other=0.0).to(tl.float32)
-    b_r = tl.load(BIAS + DIRS * D + col, mask=valid, other=0.0).to(tl.float32)
+    backward_dir, v_f, v_r, b_f, b_r = _lane_parameters(WC, BIAS, n, valid, DIRS, D)
     c = tl.load(C0 + n, mask=valid, other=0.0).to(tl.float32)
     keep = 1.0
     if HAS_MASK_C:
@@ -60,13 +79,7 @@ def _sru_forward_kernel(U, X, WC, BIAS, C0, MASK_C, MASK_PAD, H, C_SEQ, C_LAST, 
     for i in range(L):
         t = tl.where(backward_dir, L - 1 - i, i).to(tl.int64)
         off = t * N + n
-        u0 = tl.load(U + off * K, mask=valid, other=0.0).to(tl.float32)
-        u1 = tl.load(U + off * K + 1, mask=valid, other=0.0).to(tl.float32)
-        u2 = tl.load(U + off * K + 2, mask=valid, other=0.0).to(tl.float32)
-        if K == 4:
-            xp = tl.load(U + off * K + 3, mask=valid, other=0.0).to(tl.float32)
-        else:
-            xp = tl.load(X + off, mask=valid, other=0.0).to(tl.float32) * scale_x
+        u0, u1, u2, xp = _load_step(U, X, off, valid, scale_x, K)
         f = _sigmoid(u1 + v_f * c + b_f)
         r = _sigmoid(u2 + v_r * c + b_r)
         c_new = f * c + (1.0 - f) * u0
@@ -94,13 +107,8 @@ def _sru_backward_kernel(U, X, WC, BIAS, C0, MASK_C, MASK_PAD, C_SEQ, GRAD_H, GR
                          HAS_PAD: tl.constexpr, USE_TANH: tl.constexpr, BLOCK: tl.constexpr):
     n = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     valid = n < N
-    col = n % (DIRS * D)
     b = n // (DIRS * D)
-    backward_dir = (col // D) == 1
-    v_f = tl.load(WC + col, mask=valid, other=0.0).to(tl.float32)
-    v_r = tl.load(WC + DIRS * D + col, mask=valid, other=0.0).to(tl.float32)
-    b_f = tl.load(BIAS + col, mask=valid, other=0.0).to(tl.float32)
-    b_r = tl.load(BIAS + DIRS * D + col, mask=valid, other=0.0).to(tl.float32)
+    backward_dir, v_f, v_r, b_f, b_r = _lane_parameters(WC, BIAS, n, valid, DIRS, D)
     c0 = tl.load(C0 + n, mask=valid, other=0.0).to(tl.float32)
     keep = 1.0
     if HAS_MASK_C:
@@ -119,13 +127,7 @@ def _sru_backward_kernel(U, X, WC, BIAS, C0, MASK_C, MASK_PAD, C_SEQ, GRAD_H, GR
         c_prev = tl.load(C_SEQ + t_prev * N + n, mask=has_prev, other=0.0)
         c_prev = tl.where(has_prev, c_prev, c0)
         c_t = tl.load(C_SEQ + off, mask=valid, other=0.0)
-        u0 = tl.load(U + off * K, mask=valid, other=0.0).to(tl.float32)
-        u1 = tl.load(U + off * K + 1, mask=valid, other=0.0).to(tl.float32)
-        u2 = tl.load(U + off * K + 2, mask=valid, other=0.0).to(tl.float32)
-        if K == 4:
-            xp = tl.load(U + off * K + 3, mask=valid, other=0.0).to(tl.float32)
-        else:
-            xp = tl.load(X + off, mask=valid, other=0.0).to(tl.float32) * scale_x
+        u0, u1, u2, xp = _load_step(U, X, off, valid, scale_x, K)
         f = _sigmoid(u1 + v_f * c_prev + b_f)
         r = _sigmoid(u2 + v_r * c_prev + b_r)
         gh = tl.load(GRAD_H + off, mask=valid, other=0.0).to(tl.float32)

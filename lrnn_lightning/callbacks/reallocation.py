@@ -157,16 +157,15 @@ class Reallocation(L.Callback):
         new, info = None, None
         if trainer.is_global_zero:
             row, col, cur = row_loss.cpu().numpy(), col_loss.cpu().numpy(), current.cpu().numpy()
-            if count is None:
-                new = reallocate(row, col, cur, self.method, self.top_k)
-            else:  # the current row and column are cheaper by the penalty (separable, so any solver applies)
+            row_p, col_p = row, col
+            if count is not None:  # the current row and column are cheaper by the penalty (separable: any solver)
                 # (a word never seen as a target has no loss anywhere: a token of bonus keeps it still)
                 bonus = self.move_penalty * np.maximum(count.cpu().numpy().astype(np.float64), 1e-3)
                 words = np.arange(len(cur))
                 row_p, col_p = row.astype(np.float64), col.astype(np.float64)
                 row_p[words, cur // head.table.cols] -= bonus
                 col_p[words, cur % head.table.cols] -= bonus
-                new = reallocate(row_p, col_p, cur, self.method, self.top_k)
+            new = reallocate(row_p, col_p, cur, self.method, self.top_k)
             info = {
                 "realloc/cost_before": allocation_cost(row, col, cur),
                 "realloc/cost_after": allocation_cost(row, col, new),
