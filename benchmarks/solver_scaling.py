@@ -1,11 +1,22 @@
-"""Reallocation solvers from 10^3 to 793,471 words: time, peak memory, cost over the lower bound.
+"""Reallocation solvers on the costs they meet: time, peak memory, distance from the optimum.
 
-    python benchmarks/solver_scaling.py [--sizes 1000 10000 100000 793471] [--timeout 1200]
+    python benchmarks/solver_scaling.py [--only NAME ...] [--timeout 900]
 
-Costs are synthetic-class costs shaped like a trained LightRNN's: words fall into R classes; a
-class prefers a few rows (its words' contexts look alike), while column preferences mix a class
-part and a word part. Each (V, method) runs in its own process (peak RSS measured there, the
-V x R and V x C float32 inputs included). Writes benchmarks/results/solver_scaling.json and .png.
+Cost kinds (``lrnn_lightning.allocation.costs``):
+
+- ``mild``: per-occurrence class-structured losses, every count 1 (the earlier benchmark's costs);
+- ``zipf``: the same losses times Zipf counts from 4e7 down to 3 (One Billion Word's span), with
+  Zipf-sized classes, so popular rows are wanted by far more words than they hold;
+- ``ptb`` / ``wikitext2``: the summed statistics of a real LightRNN epoch (``train.py
+  experiment=lightrnn_ptb ... callbacks.reallocation.save_statistics=DIR``, see ``--real-dir``), with
+  the run's move penalty applied as the callback applies it.
+
+Each case runs in its own process: the costs are streamed a chunk of words at a time into the
+solver's candidate builder, as the reallocation callback streams its statistics (``streamed``), or
+first held whole as float32 V x R and V x C matrices and given to ``reallocate`` (``materialized``);
+the peak resident memory of the process is recorded either way. ``sparse`` is compared with
+scipy's exact dense assignment where that fits (V <= 10,000), and always with its certified dual
+bound and the lower bound. Writes benchmarks/results/solver_scaling.json and .png.
 """
 
 from __future__ import annotations
@@ -14,93 +25,147 @@ import argparse
 import json
 import subprocess
 import sys
+from pathlib import Path
 
-from common import write_result
+from common import ROOT, write_result
 
 CHILD = r"""
 import json, resource, sys, time
 import numpy as np
-from lrnn_lightning.allocation import allocation_cost, lower_bound, reallocate, table_shape
+from lrnn_lightning.allocation.costs import loss_chunks, random_table, zipf_counts
+from lrnn_lightning.allocation.solvers import CHUNK_WORDS, CandidateBuilder, allocation_cost, candidate_width, reallocate, solve
+from lrnn_lightning.allocation.table import table_shape
 
-V, method, seed = int(sys.argv[1]), sys.argv[2], 0
-R, C = table_shape(V)
-rng = np.random.default_rng(seed)
-cls = rng.integers(0, R, V)
-pref_r = (rng.normal(size=(R, R)) * 3).astype(np.float32)
-pref_c = (rng.normal(size=(R, C)) * 1).astype(np.float32)
-row = np.empty((V, R), np.float32)
-col = np.empty((V, C), np.float32)
-
-def nll(x):
-    x = x - x.max(1, keepdims=True)
-    return -(x - np.log(np.exp(x).sum(1, keepdims=True)))
-
-for a in range(0, V, 20000):
-    n = min(20000, V - a)
-    row[a:a + n] = nll(pref_r[cls[a:a + n]] + rng.normal(size=(n, R)).astype(np.float32) * 0.5)
-    col[a:a + n] = nll(pref_c[cls[a:a + n]] + rng.normal(size=(n, C)).astype(np.float32) * 2)
-current = rng.permutation(R * C)[:V]
-inputs_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-t = time.perf_counter()
-new = reallocate(row, col, current, method)
-seconds = time.perf_counter() - t
-assert len(np.unique(new)) == V
-lb = lower_bound(row, col)
-print(json.dumps({
-    "V": V, "method": method, "seconds": seconds,
-    "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "rss_before_solve_mb": inputs_mb,
-    "cost": allocation_cost(row, col, new), "cost_before": allocation_cost(row, col, current), "lower_bound": lb,
-}))
+spec = json.loads(sys.argv[1])
+kind, V, method, mode = spec["kind"], spec["V"], spec["method"], spec["mode"]
+rss = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+out = {**spec}
+if kind in ("mild", "zipf"):
+    R, C = table_shape(V)
+    counts = zipf_counts(V) if kind == "zipf" else np.ones(V)
+    current, bonus = random_table(V, 0), None
+    chunks = lambda: loss_chunks(V, 0, counts=counts if kind == "zipf" else None)
+else:
+    z = np.load(spec["path"])
+    row_all, col_all = z["row_loss"], z["col_loss"]
+    V, R = row_all.shape
+    C = col_all.shape[1]
+    current, counts = z["current"], z["counts"]
+    penalty = float(z["move_penalty"])
+    bonus = penalty * np.maximum(counts.astype(np.float64), 1e-3) if penalty > 0 else None
+    chunks = lambda: ((a, row_all[a:a + CHUNK_WORDS], col_all[a:a + CHUNK_WORDS]) for a in range(0, V, CHUNK_WORDS))
+    out["V"] = V
+out["rss_start_mb"] = rss()
+dense = spec.get("exact", False)
+t0 = time.perf_counter()
+if mode == "streamed":
+    b = CandidateBuilder(V, R, C, current, bonus, width=candidate_width(V), keep_dense=dense)
+    for a, r, c in chunks():
+        b.add(a, r, c)
+    cand = b.finish()
+    out["prepare_seconds"] = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    cells, info = solve(cand, method)
+    out["solve_seconds"] = time.perf_counter() - t1
+else:
+    row = np.empty((V, R), np.float32); col = np.empty((V, C), np.float32)
+    for a, r, c in chunks():
+        row[a:a + len(r)], col[a:a + len(c)] = r, c
+    out["prepare_seconds"] = time.perf_counter() - t0
+    out["rss_inputs_mb"] = rss()
+    t1 = time.perf_counter()
+    cells, info = reallocate(row, col, current, method, bonus=bonus, return_info=True)
+    out["solve_seconds"] = time.perf_counter() - t1
+out["total_seconds"] = time.perf_counter() - t0
+out["peak_rss_mb"] = rss()
+assert len(np.unique(cells)) == V
+out.update({k: v for k, v in info.items() if isinstance(v, (int, float, bool, str)) and k != "seconds"})
+if dense:
+    from scipy.optimize import linear_sum_assignment
+    rr, cc = cand.dense
+    full = (rr[:, :, None] + cc[:, None, :]).reshape(V, -1)
+    w, c = linear_sum_assignment(full)
+    out["exact_objective"] = float(full[w, c].sum())
+    out["over_exact"] = info["objective"] / out["exact_objective"] - 1
+print(json.dumps(out))
 """
+
+CASES = [
+    {"name": "mild-4096", "kind": "mild", "V": 4096, "exact": True},
+    {"name": "zipf-4096", "kind": "zipf", "V": 4096, "exact": True},
+    {"name": "zipf-30000", "kind": "zipf", "V": 30000},
+    {"name": "mild-136912", "kind": "mild", "V": 136912},
+    {"name": "zipf-136912", "kind": "zipf", "V": 136912},
+    {"name": "zipf-793471", "kind": "zipf", "V": 793471},
+    {"name": "zipf-793471-materialized", "kind": "zipf", "V": 793471, "mode": "materialized"},
+    {"name": "ptb", "kind": "real", "file": "ptb/round_001.npz", "exact": True},
+    {"name": "wikitext2", "kind": "real", "file": "wikitext2/round_001.npz"},
+]
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--sizes", type=int, nargs="+", default=[1000, 3000, 10000, 100000, 793471])
-    ap.add_argument("--timeout", type=int, default=1200)
+    ap.add_argument("--only", nargs="*", help="case names (default: all)")
+    ap.add_argument("--methods", nargs="*", default=["sparse", "greedy"])
+    ap.add_argument("--real-dir", default=str(ROOT / ".cache" / "realstats"))
+    ap.add_argument("--timeout", type=int, default=900)
     args = ap.parse_args()
+    out_path = ROOT / "benchmarks" / "results" / "solver_scaling.json"
     runs = []
-    for V in args.sizes:
-        methods = (["exact"] if V <= 10000 else []) + ["sparse", "greedy"]
-        for method in methods:
+    if args.only and out_path.exists():  # keep the other cases' earlier results
+        runs = [r for r in json.loads(out_path.read_text()).get("runs", []) if r.get("name") not in args.only]
+    for case in CASES:
+        if args.only and case["name"] not in args.only:
+            continue
+        for method in args.methods:
+            if method == "greedy" and case.get("mode") == "materialized":
+                continue
+            spec = {**case, "method": method, "mode": case.get("mode", "streamed")}
+            if case["kind"] == "real":
+                path = Path(args.real_dir) / case["file"]
+                if not path.exists():
+                    print(f"skip {case['name']}: no {path}", flush=True)
+                    break
+                spec["path"] = str(path)
+            spec["exact"] = bool(case.get("exact")) and method == "sparse"
             try:
-                proc = subprocess.run([sys.executable, "-c", CHILD, str(V), method], capture_output=True, text=True,
-                                      timeout=args.timeout)
-                if proc.returncode != 0:
-                    row = {"V": V, "method": method, "error": proc.stderr[-500:]}
-                else:
-                    row = json.loads(proc.stdout.strip().splitlines()[-1])
-                    row["cost_over_lower_bound"] = row["cost"] / row["lower_bound"] - 1
+                proc = subprocess.run([sys.executable, "-c", CHILD, json.dumps(spec)], capture_output=True,
+                                      text=True, timeout=args.timeout, cwd=ROOT)
+                row = json.loads(proc.stdout.strip().splitlines()[-1]) if proc.returncode == 0 else \
+                    {**spec, "error": proc.stderr[-800:]}
             except subprocess.TimeoutExpired:
-                row = {"V": V, "method": method, "error": f"timeout after {args.timeout} s"}
+                row = {**spec, "error": f"timeout after {args.timeout} s"}
+            row.pop("path", None)
             print(json.dumps(row), flush=True)
             runs.append(row)
-    exact = {r["V"]: r["cost"] for r in runs if r["method"] == "exact" and "cost" in r}
-    for r in runs:
-        if r["V"] in exact and "cost" in r:
-            r["cost_over_exact"] = r["cost"] / exact[r["V"]] - 1
+
     def plot(plt):
-        fig, ax = plt.subplots(1, 3, figsize=(13, 3.6))
-        for method in ("exact", "sparse", "greedy"):
-            rs = [r for r in runs if r["method"] == method and "seconds" in r]
+        fig, ax = plt.subplots(1, 3, figsize=(14, 3.8))
+        for kind, marker in (("mild", "s"), ("zipf", "o"), ("real", "^")):
+            rs = sorted((r for r in runs if r.get("kind") == kind and r.get("method") == "sparse"
+                         and r.get("mode") == "streamed" and "total_seconds" in r), key=lambda r: r["V"])
+            if not rs:
+                continue
             v = [r["V"] for r in rs]
-            ax[0].loglog(v, [r["seconds"] for r in rs], "o-", label=method)
-            ax[1].loglog(v, [r["peak_rss_mb"] / 1024 for r in rs], "o-", label=method)
-            ax[2].semilogx(v, [100 * r["cost_over_lower_bound"] for r in rs], "o-", label=method)
-        ax[0].axhline(60, color="r", ls="--", lw=0.8)
-        ax[1].axhline(8, color="r", ls="--", lw=0.8)
-        ax[0].set(xlabel="words V", ylabel="seconds", title="solve time")
-        ax[1].set(xlabel="words V", ylabel="peak RSS (GB, inputs included)", title="memory")
-        ax[2].set(xlabel="words V", ylabel="% over lower bound", title="cost")
+            ax[0].loglog(v, [r["total_seconds"] for r in rs], marker + "-", label=f"sparse, {kind}")
+            ax[1].semilogx(v, [r["peak_rss_mb"] / 1024 for r in rs], marker + "-", label=f"sparse, {kind}")
+            ax[2].semilogx(v, [100 * r["gap"] for r in rs], marker + "-", label=f"certified gap, {kind}")
+            ex = [r for r in rs if "over_exact" in r]
+            if ex:
+                ax[2].semilogx([r["V"] for r in ex], [100 * r["over_exact"] for r in ex], marker, mfc="none",
+                               ms=10, label=f"over exact optimum, {kind}")
+        for x, lim in ((0, 60), (1, 8)):
+            ax[x].axhline(lim, color="r", ls="--", lw=0.8)
+        ax[0].axvline(136912, color="gray", ls=":", lw=0.8)
+        ax[0].set(xlabel="words V", ylabel="seconds (candidates + solve)", title="time, 2-core CPU")
+        ax[1].set(xlabel="words V", ylabel="peak RSS (GB)", title="memory (statistics streamed)")
+        ax[2].set(xlabel="words V", ylabel="%", title="distance from the optimum")
         for a in ax:
-            a.legend()
+            a.legend(fontsize=7)
         return fig
 
-    write_result("solver_scaling", {
-        "costs": "synthetic-class: R classes, row preference N(0,3) per class + N(0,0.5) per word; "
-                 "column preference N(0,1) per class + N(0,2) per word; costs are negative log-softmax",
-        "runs": runs,
-    }, plot)
+    write_result("solver_scaling", {"runs": runs}, plot)
+
 
 if __name__ == "__main__":
     main()

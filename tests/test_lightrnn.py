@@ -124,7 +124,7 @@ def test_reallocate_always_returns_a_permutation(method, V, seed):
     assert new.shape == (V,) and len(set(new.tolist())) == V and new.min() >= 0 and new.max() < R * C
 
 
-def test_exact_matches_scipy_and_sparse_with_all_candidates_is_exact():
+def test_exact_matches_scipy():
     V = 60
     R, C = table_shape(V)
     rng = np.random.default_rng(5)
@@ -134,21 +134,8 @@ def test_exact_matches_scipy_and_sparse_with_all_candidates_is_exact():
     optimum = dense[w, c].sum()
     current = rng.permutation(R * C)[:V]
     assert allocation_cost(row, col, reallocate(row, col, current, "exact")) == pytest.approx(optimum)
-    assert allocation_cost(row, col, reallocate(row, col, current, "sparse", top_k=R)) == pytest.approx(optimum)
     greedy = allocation_cost(row, col, reallocate(row, col, current, "greedy", top_k=R))
     assert optimum <= greedy and lower_bound(row, col) <= optimum
-
-
-def test_the_auction_used_for_large_vocabularies_is_near_exact(monkeypatch):
-    V = 400
-    R, C = table_shape(V)
-    rng = np.random.default_rng(7)
-    row, col = rng.random((V, R)), rng.random((V, C))
-    current = rng.permutation(R * C)[:V]
-    exact_sparse = allocation_cost(row, col, reallocate(row, col, current, "sparse", top_k=6))
-    monkeypatch.setattr(solvers, "SCIPY_SPARSE_MAX_WORDS", 0)
-    auction = allocation_cost(row, col, reallocate(row, col, current, "sparse", top_k=6))
-    assert exact_sparse <= auction <= exact_sparse * (1 + 2 * solvers.AUCTION_EPS)
 
 
 # ---- in training -----------------------------------------------------------------------------------

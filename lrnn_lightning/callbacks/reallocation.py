@@ -10,8 +10,10 @@ import lightning as L
 import numpy as np
 import torch
 
-from lrnn_lightning.allocation import allocation_cost, lower_bound, reallocate
 from lrnn_lightning.allocation.context import context_table
+from lrnn_lightning.allocation.solvers import CHUNK_WORDS, EXACT_MAX_WORDS, CandidateBuilder, candidate_width, solve
+from lrnn_lightning.allocation.stats import token_counts
+from lrnn_lightning.atomic import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -52,8 +54,8 @@ class Reallocation(L.Callback):
     def __init__(self, every_n_epochs: int = 1, max_rounds: int | None = None, min_moved_fraction: float = 0.0,
                  statistics: str = "during", method: str = "auto", top_k: int | None = None,
                  skip_last_epoch: bool = True, initial_table: str = "model", move_penalty: float = 0.0,
-                 sample_rows: int = 8,
-                 words_per_row: int = 12):
+                 sample_rows: int = 8, words_per_row: int = 12, tolerance: float = 1e-3,
+                 save_statistics: str | None = None):
         if statistics not in ("during", "extra_pass"):
             raise ValueError("statistics must be 'during' or 'extra_pass'")
         self.every_n_epochs, self.max_rounds = every_n_epochs, max_rounds
@@ -66,6 +68,9 @@ class Reallocation(L.Callback):
             raise ValueError(f"move_penalty must be >= 0 (nats per occurrence), got {move_penalty}")
         self.move_penalty = move_penalty
         self.sample_rows, self.words_per_row = sample_rows, words_per_row
+        self.tolerance, self.save_statistics = tolerance, save_statistics
+        self._resumed_stats: dict | None = None
+        self._keep_started = False
         self.rounds, self.stopped = 0, False
         self.metrics: dict[str, float] = {}
         self.history: list[dict[str, float]] = []
@@ -87,7 +92,21 @@ class Reallocation(L.Callback):
     # ---- hooks ---------------------------------------------------------------------------------------
     def on_train_start(self, trainer, pl_module) -> None:
         head = self.head_of(pl_module)
-        if head is None or self.initial_table != "context" or self.initialized or trainer.global_step > 0:
+        if head is None:
+            return
+        ids = getattr(getattr(trainer, "datamodule", None), "ids", None) or {}
+        if ids.get("train") is not None:  # tiers of the statistics: the same on every rank
+            head.stats.configure(token_counts(ids["train"], head.vocab_size))
+        if self._resumed_stats is not None:  # a mid-epoch checkpoint: its partial statistics go on
+            head.stats.start(pl_module.device)
+            if trainer.is_global_zero:
+                head.stats.load(self._resumed_stats)
+            self._resumed_stats = None
+            self._keep_started = True
+        self._context_start(trainer, pl_module, head)
+
+    def _context_start(self, trainer, pl_module, head) -> None:
+        if self.initial_table != "context" or self.initialized or trainer.global_step > 0:
             return
         if getattr(trainer.datamodule, "ids", None) is None:
             log.warning("initial_table=context needs the LMDataModule's token ids; keeping the model's table")
@@ -105,8 +124,11 @@ class Reallocation(L.Callback):
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         head = self.head_of(pl_module)
+        if self._keep_started:  # resumed mid-epoch: the restored partial statistics go on
+            self._keep_started = False
+            return
         if head is not None and self.statistics == "during" and self._due(trainer):
-            head.stats.start()
+            head.stats.start(pl_module.device)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         head = self.head_of(pl_module)
@@ -136,7 +158,7 @@ class Reallocation(L.Callback):
     def _extra_pass(self, trainer, pl_module, head) -> None:
         was_training = pl_module.training
         pl_module.eval()
-        head.stats.start()
+        head.stats.start(pl_module.device)
         state = None
         limit = trainer.num_training_batches
         for i, batch in enumerate(trainer.datamodule.train_dataloader()):
@@ -148,32 +170,43 @@ class Reallocation(L.Callback):
 
     @torch.no_grad()
     def round(self, trainer, head) -> dict[str, float]:
+        """Sum the statistics over ranks (in place, onto rank 0), stream them a chunk of words at a
+        time into the solver's candidates (top-k on the statistics' device), free them, solve on
+        rank 0, broadcast the table."""
         t0 = time.perf_counter()
-        strategy = trainer.strategy
-        row_loss = strategy.reduce(head.stats.row_loss, reduce_op="sum")
-        col_loss = strategy.reduce(head.stats.col_loss, reduce_op="sum")
-        count = strategy.reduce(head.stats.count, reduce_op="sum") if self.move_penalty > 0 else None
-        current = head.table.cell
+        stats, table = head.stats, head.table
+        stats.reduce_to_rank0()
         new, info = None, None
         if trainer.is_global_zero:
-            row, col, cur = row_loss.cpu().numpy(), col_loss.cpu().numpy(), current.cpu().numpy()
-            row_p, col_p = row, col
-            if count is not None:  # the current row and column are cheaper by the penalty (separable: any solver)
+            V, R, C = head.vocab_size, table.rows, table.cols
+            current = table.cell.cpu().numpy()
+            bonus = None
+            if self.move_penalty > 0:  # the current row and column are cheaper by the penalty
                 # (a word never seen as a target has no loss anywhere: a token of bonus keeps it still)
-                bonus = self.move_penalty * np.maximum(count.cpu().numpy().astype(np.float64), 1e-3)
-                words = np.arange(len(cur))
-                row_p, col_p = row.astype(np.float64), col.astype(np.float64)
-                row_p[words, cur // head.table.cols] -= bonus
-                col_p[words, cur % head.table.cols] -= bonus
-            new = reallocate(row_p, col_p, cur, self.method, self.top_k)
-            info = {
-                "realloc/cost_before": allocation_cost(row, col, cur),
-                "realloc/cost_after": allocation_cost(row, col, new),
-                "realloc/lower_bound": lower_bound(row, col),
-            }
-        new, info = strategy.broadcast((new, info), src=0)
-        moved = head.table.assign(torch.as_tensor(new))
-        head.stats.release()
+                bonus = self.move_penalty * np.maximum(stats.count.cpu().numpy().astype(np.float64), 1e-3)
+            dense = self.method == "exact" or (self.method == "auto" and V <= EXACT_MAX_WORDS)
+            builder = CandidateBuilder(V, R, C, current, bonus, width=candidate_width(V, self.top_k), keep_dense=dense)
+            dump = self._dump_open(trainer, V, R, C) if self.save_statistics else None
+            for a in range(0, V, CHUNK_WORDS):
+                row, col = stats.chunk(a, min(V, a + CHUNK_WORDS))
+                builder.add(a, row, col)
+                if dump is not None:
+                    dump[0][a:a + len(row)], dump[1][a:a + len(row)] = row.cpu().numpy(), col.cpu().numpy()
+            counts = stats.count.cpu().numpy()
+            stats_bytes = stats.nbytes()
+            stats.release()
+            if dump is not None:
+                self._dump_close(dump, current, counts, bonus)
+            cells, solved = solve(builder.finish(), self.method, self.top_k, self.tolerance)
+            del builder
+            new = cells
+            info = {"realloc/cost_before": solved["cost_before"], "realloc/cost_after": solved["cost_after"],
+                    "realloc/lower_bound": solved["lower_bound"], "realloc/dual_bound": solved["dual_bound"],
+                    "realloc/gap": solved["gap"], "realloc/objective": solved["objective"],
+                    "realloc/solve_seconds": solved["seconds"], "realloc/stats_mb": stats_bytes / 2 ** 20}
+        stats.release()
+        new, info = trainer.strategy.broadcast((new, info), src=0)
+        moved = table.assign(torch.as_tensor(new))
         self.rounds += 1
         info.update({"realloc/moved_words": float(moved), "realloc/seconds": time.perf_counter() - t0,
                      "realloc/round": float(self.rounds)})
@@ -181,10 +214,56 @@ class Reallocation(L.Callback):
             self.stopped = True
         self.metrics = info
         self.history.append(info)
-        log.info("reallocation round %d (rank %d): moved %d words, cost %.4g -> %.4g (lower bound %.4g) in %.1f s; "
-                 "table %s", self.rounds, trainer.global_rank, moved, info["realloc/cost_before"],
-                 info["realloc/cost_after"], info["realloc/lower_bound"], info["realloc/seconds"], head.table.fingerprint())
+        log.info("reallocation round %d (rank %d): moved %d words, cost %.6g -> %.6g (lower bound %.6g, certified "
+                 "gap %.3g%%) in %.1f s; table %s", self.rounds, trainer.global_rank, moved,
+                 info["realloc/cost_before"], info["realloc/cost_after"], info["realloc/lower_bound"],
+                 100 * info["realloc/gap"], info["realloc/seconds"], table.fingerprint())
         return info
+
+    # ---- the statistics of a round, for solver benchmarks and debugging -------------------------------
+    def _dump_open(self, trainer, V, R, C):
+        from pathlib import Path
+
+        folder = Path(self.save_statistics)
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"round_{self.rounds + 1:03d}.npz"
+        tmp = folder / f".round_{self.rounds + 1:03d}.tmp"
+        tmp.mkdir(exist_ok=True)
+        row = np.lib.format.open_memmap(tmp / "row_loss.npy", mode="w+", dtype=np.float64, shape=(V, R))
+        col = np.lib.format.open_memmap(tmp / "col_loss.npy", mode="w+", dtype=np.float64, shape=(V, C))
+        return row, col, tmp, path
+
+    def _dump_close(self, dump, current, counts, bonus) -> None:
+        import shutil
+        import zipfile
+
+        row, col, tmp, path = dump
+        row.flush()
+        col.flush()
+        np.save(tmp / "current.npy", current)
+        np.save(tmp / "counts.npy", counts)
+        np.save(tmp / "move_penalty.npy", np.float64(self.move_penalty))
+        del row, col
+        with atomic_path(path) as out, zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as z:
+            for f in sorted(tmp.iterdir()):
+                z.write(f, f.name)
+        shutil.rmtree(tmp)
+        log.info("reallocation statistics saved to %s", path)
+
+    # ---- mid-epoch checkpoints carry the partial statistics ------------------------------------------
+    KEY = "lrnn_realloc_statistics"
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        head = self.head_of(pl_module)
+        if head is None or not head.stats.enabled or not head.stats.allocated:
+            return
+        # integer sums: moving every rank's partial sum onto rank 0 changes no bit of the final total
+        head.stats.reduce_to_rank0()
+        if trainer.is_global_zero:
+            checkpoint[self.KEY] = head.stats.state()
+
+    def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        self._resumed_stats = checkpoint.get(self.KEY)
 
     def _log_rows(self, trainer, head) -> None:
         """A W&B table of the rows holding the most frequent words: which words now share a row."""
