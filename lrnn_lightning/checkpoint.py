@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +18,8 @@ from lrnn_lightning.callbacks.metadata import RunMetadata
 from lrnn_lightning.data.vocab import Vocabulary
 from lrnn_lightning.errors import CheckpointError
 
+log = logging.getLogger(__name__)
+
 
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Writes a checkpoint to a temporary file and renames it: an interrupted save loses nothing."""
@@ -26,13 +30,21 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         with atomic_path(path) as tmp:
             torch.save(checkpoint, tmp)
 
+    def load_checkpoint(self, path, map_location=None, weights_only=None) -> dict[str, Any]:
+        """Memory-mapped: a mid-epoch checkpoint of a 793K-word LightRNN carries gigabytes of
+        reallocation statistics, which every rank would otherwise read into memory at once."""
+        if "://" in str(path):
+            return super().load_checkpoint(path, map_location=map_location)
+        return torch.load(path, map_location=map_location or "cpu", mmap=True,
+                          weights_only=bool(weights_only) if weights_only is not None else False)
+
 
 def read_checkpoint(path: str | os.PathLike) -> dict:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist: pass ckpt_path=<run dir>/checkpoints/last.ckpt")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        ckpt = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
     except Exception as e:  # a truncated or foreign file
         raise CheckpointError(f"checkpoint {path} could not be read ({type(e).__name__}: {e})") from None
     if not isinstance(ckpt, dict) or RunMetadata.KEY not in ckpt:
@@ -63,3 +75,28 @@ def load_language_model(path: str | os.PathLike):
     model.load_state_dict(ckpt["state_dict"])
     model.eval()
     return model, vocab, meta
+
+
+_LAST = re.compile(r"last(-v\d+)?\.ckpt")
+
+
+def resolve_ckpt_path(ckpt_path: str | None, output_dir: str | os.PathLike,
+                      checkpoint_dir: str | os.PathLike | None = None) -> str | None:
+    """``ckpt_path`` as given, except ``last``: the newest (by modification time) of this run
+    directory's ``last.ckpt`` (in ``checkpoint_dir``, by default ``<output_dir>/checkpoints``) and
+    Lightning's SLURM ``hpc_ckpt_*.ckpt`` in ``output_dir``; ``None`` (a fresh run) when there is none.
+    That makes a job that is re-run in the same directory (a SLURM requeue) resume by itself."""
+    if ckpt_path is None or str(ckpt_path) != "last":
+        return ckpt_path
+    out = Path(output_dir)
+    ckpt_dir = Path(checkpoint_dir) if checkpoint_dir else out / "checkpoints"
+    found = [p for p in ckpt_dir.glob("last*.ckpt") if _LAST.fullmatch(p.name) and p.is_file()]
+    found += [p for p in out.glob("hpc_ckpt_*.ckpt") if p.is_file()]
+    if not found:
+        log.info("ckpt_path=last: no checkpoint in %s yet: a fresh run", out)
+        return None
+    # newest first; on equal times the exact mid-epoch last.ckpt wins over a signal-time hpc checkpoint
+    newest = max(found, key=lambda p: (p.stat().st_mtime_ns, p.name.startswith("last")))
+    log.info("ckpt_path=last: resuming from %s (the newest of %d checkpoint(s) in the run directory)",
+             newest, len(found))
+    return str(newest)

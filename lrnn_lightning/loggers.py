@@ -1,13 +1,21 @@
-"""Logger factories. W&B goes online only when credentials exist, and never prompts."""
+"""Logger factories. W&B goes online only when credentials exist, and never prompts. CSV and
+TensorBoard loggers that continue a resumed run's logs in the same run directory."""
 
 from __future__ import annotations
 
+import csv
 import netrc
 import os
 from pathlib import Path
 from urllib.parse import urlparse
 
+from lightning.pytorch.loggers import CSVLogger as LightningCSVLogger
+from lightning.pytorch.loggers import TensorBoardLogger as LightningTensorBoardLogger
+from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+from lightning.pytorch.loggers.logger import rank_zero_experiment
 from lightning.pytorch.utilities import rank_zero_info
+
+from lrnn_lightning.atomic import atomic_path
 
 
 def wandb_credentials_present() -> bool:
@@ -79,3 +87,81 @@ def finish_wandb() -> None:
     wandb = sys.modules.get("wandb")
     if wandb is not None and getattr(wandb, "run", None) is not None:
         wandb.finish()
+
+
+
+
+# ---- loggers that continue a resumed run's logs in the same run directory ----------------------------
+
+def _logged_before_checkpoint(step: str | None, resume_step: int) -> bool:
+    """Whether a row logged at ``step`` came from the run before its checkpoint at global step
+    ``resume_step``. Lightning logs a batch's row at the number of optimizer steps taken before
+    that batch, so the rows of the batches after the checkpoint have ``step >= resume_step``."""
+    try:
+        return step in (None, "") or int(float(step)) < resume_step
+    except ValueError:
+        return True
+
+
+class _KeepingWriter(ExperimentWriter):
+    """Lightning's CSV writer, except that an existing ``metrics.csv`` is continued, not deleted;
+    with ``resume_step``, its rows logged after that checkpoint are dropped."""
+
+    def __init__(self, log_dir: str, resume_step: int | None = None):
+        self.resume_step = resume_step
+        super().__init__(log_dir)
+
+    def _check_log_dir_exists(self) -> None:
+        if not self._fs.isfile(self.metrics_file_path):
+            return
+        with self._fs.open(self.metrics_file_path, "r", newline="") as f:
+            reader = csv.DictReader(f)
+            keys, rows = list(reader.fieldnames or []), list(reader)
+        kept = rows
+        if self.resume_step is not None:
+            kept = [r for r in rows if _logged_before_checkpoint(r.get("step"), self.resume_step)]
+        self.metrics_keys = keys  # save() appends under this header (and rewrites it for new keys)
+        if len(kept) != len(rows):
+            with atomic_path(self.metrics_file_path) as tmp:
+                with open(tmp, "w", newline="") as f:
+                    writer = csv.DictWriter(f, fieldnames=keys)
+                    writer.writeheader()
+                    writer.writerows(kept)
+        rank_zero_info(f"CSV log: continuing {self.metrics_file_path} ({len(kept)} earlier rows kept, "
+                       f"{len(rows) - len(kept)} logged after the checkpoint dropped)")
+
+
+class CSVLogger(LightningCSVLogger):
+    """Lightning's ``CSVLogger`` that keeps an earlier ``metrics.csv`` in its directory: a run
+    resumed into the same run directory (``ckpt_path=last``, a SLURM requeue) continues the log
+    instead of deleting it. ``resume_from_step(global_step)`` (``train`` calls it with the
+    checkpoint's step) drops the earlier rows logged after that checkpoint: they are logged again."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._resume_step: int | None = None
+
+    def resume_from_step(self, step: int) -> None:
+        self._resume_step = int(step)
+
+    def after_save_checkpoint(self, checkpoint_callback) -> None:
+        # rows logged before a checkpoint reach the file with it: a killed run loses only later ones
+        self.save()
+
+    @property
+    @rank_zero_experiment
+    def experiment(self) -> ExperimentWriter:
+        if self._experiment is None:
+            self._fs.makedirs(self.root_dir, exist_ok=True)
+            self._experiment = _KeepingWriter(self.log_dir, self._resume_step)
+        return self._experiment
+
+
+class TensorBoardLogger(LightningTensorBoardLogger):
+    """Lightning's ``TensorBoardLogger`` (it keeps the earlier event files of its directory; a
+    resumed run adds a new one). ``resume_from_step(global_step)`` hides the earlier events logged
+    after that checkpoint (SummaryWriter's ``purge_step``): they are logged again."""
+
+    def resume_from_step(self, step: int) -> None:
+        if self._experiment is None:
+            self._kwargs["purge_step"] = int(step)

@@ -19,7 +19,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from lrnn_lightning.atomic import write_json, write_text
 from lrnn_lightning.callbacks import RunMetadata, TokensPerSecond
-from lrnn_lightning.checkpoint import AtomicCheckpointIO, check_same_vocab, checkpoint_vocab, load_language_model, read_checkpoint
+from lrnn_lightning.checkpoint import (AtomicCheckpointIO, check_same_vocab, checkpoint_vocab, load_language_model,
+                                       read_checkpoint, resolve_ckpt_path)
 from lrnn_lightning.errors import UserError
 from lrnn_lightning.loggers import finish_wandb
 
@@ -33,8 +34,12 @@ def user_errors(fn: Callable) -> Callable:
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except UserError as e:
-            print(f"error: {e}", file=sys.stderr, flush=True)
+        except Exception as e:
+            # a UserError raised while Hydra instantiates a config object arrives wrapped
+            cause = e if isinstance(e, UserError) else e.__cause__
+            if not isinstance(cause, UserError):
+                raise
+            print(f"error: {cause}", file=sys.stderr, flush=True)
             sys.exit(2)
 
     return wrapper
@@ -54,10 +59,21 @@ def _instantiate_group(group: DictConfig | None) -> list:
     return [instantiate(c) for c in _configs(group)]
 
 
-def _instantiate_loggers(group: DictConfig | None, wandb_id: str | None) -> list:
-    """Loggers; ``wandb_id`` (recorded in the checkpoint a run resumes from) continues that W&B run."""
-    return [instantiate(c, id=wandb_id, resume="allow") if wandb_id and c._target_.endswith("wandb_logger")
-            else instantiate(c) for c in _configs(group)]
+def _instantiate_loggers(group: DictConfig | None, wandb_id: str | None, resume_step: int | None = None) -> list:
+    """Loggers; ``wandb_id`` (recorded in the checkpoint a run resumes from) continues that W&B run;
+    loggers that continue their files in the run directory learn the checkpoint's global step."""
+    loggers = [instantiate(c, id=wandb_id, resume="allow") if wandb_id and c._target_.endswith("wandb_logger")
+               else instantiate(c) for c in _configs(group)]
+    if resume_step is not None:
+        for lg in loggers:
+            if hasattr(lg, "resume_from_step"):
+                lg.resume_from_step(resume_step)
+    return loggers
+
+
+def _checkpoint_dir(cfg: DictConfig, out: Path) -> Path:
+    dirpath = ((cfg.get("callbacks") or {}).get("model_checkpoint") or {}).get("dirpath")
+    return Path(dirpath) if dirpath else out / "checkpoints"
 
 
 def _container(cfg: DictConfig) -> dict:
@@ -115,28 +131,33 @@ def _train(cfg: DictConfig) -> dict[str, Any]:
     datamodule = instantiate(cfg.data)
     datamodule.prepare_data()
     vocab = datamodule.vocab
-    wandb_id = None
-    if cfg.get("ckpt_path"):
-        resumed = read_checkpoint(cfg.ckpt_path)
-        check_same_vocab(checkpoint_vocab(resumed), vocab, cfg.ckpt_path, _data_name(cfg.data))
+    wandb_id, resume_step = None, None
+    # ckpt_path=last: the newest checkpoint of this run dir, if any. Every DDP rank resolves the
+    # same file: nothing is written there before all ranks have started.
+    ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), out, _checkpoint_dir(cfg, out))
+    if ckpt_path:
+        resumed = read_checkpoint(ckpt_path)
+        check_same_vocab(checkpoint_vocab(resumed), vocab, ckpt_path, _data_name(cfg.data))
         wandb_id = resumed[RunMetadata.KEY].get("wandb_id")
+        resume_step = int(resumed.get("global_step", 0))
         del resumed  # Lightning loads it again to restore the training state
 
     model = instantiate(cfg.model, vocab_size=len(vocab))
     callbacks = _instantiate_group(cfg.get("callbacks"))
     callbacks.append(RunMetadata(_container(cfg.model), _container(cfg.data), vocab.words))
-    loggers = _instantiate_loggers(cfg.get("logger"), wandb_id)
+    loggers = _instantiate_loggers(cfg.get("logger"), wandb_id, resume_step)
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()])
 
     counts = model.parameter_counts()
     run_info = {**counts, **datamodule.metrics, "data/vocab_size": len(vocab)}
     for lg in loggers:
         lg.log_hyperparams({"config": _container(cfg), **run_info})
-        lg.log_metrics(run_info, step=0)
+        if resume_step is None:  # a resumed run logged them at its start (W&B, CSV continue that log)
+            lg.log_metrics(run_info, step=0)
     log.info("parameters: total %d, embedding %d", counts["params/total"], counts["params/embedding"])
 
     _ddp_children_run_this_job_only()
-    trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
 
     metrics: dict[str, Any] = {**run_info, **model.epoch_metrics}
     ckpt_cb = trainer.checkpoint_callback

@@ -41,6 +41,10 @@ class PlainProgressBar(ProgressBar):
         if self._enabled and trainer.is_global_zero:
             print(text, file=sys.stdout, flush=True)
 
+    def on_train_start(self, trainer, pl_module) -> None:
+        # a run resumed mid-epoch gets no on_train_epoch_start for the epoch it resumes
+        self._t0 = time.perf_counter()
+
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         self._t0 = time.perf_counter()
 

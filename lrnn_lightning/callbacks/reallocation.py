@@ -130,6 +130,10 @@ class Reallocation(L.Callback):
         if head is not None and self.statistics == "during" and self._due(trainer):
             head.stats.start(pl_module.device)
 
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        # Lightning does not call on_train_epoch_start for the epoch a run resumes in
+        self._keep_started = False
+
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         head = self.head_of(pl_module)
         if head is None or not trainer.is_last_batch or not self._due(trainer):

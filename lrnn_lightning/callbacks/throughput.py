@@ -17,6 +17,10 @@ class TokensPerSecond(L.Callback):
         self.window = window
         self.epoch_tokens_per_sec: float | None = None
 
+    def on_train_start(self, trainer, pl_module) -> None:
+        # a run resumed mid-epoch gets no on_train_epoch_start for the epoch it resumes
+        self.on_train_epoch_start(trainer, pl_module)
+
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         self._recent: deque = deque(maxlen=self.window)
         self._epoch_tokens, self._epoch_start = 0, time.perf_counter()

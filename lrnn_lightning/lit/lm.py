@@ -9,10 +9,14 @@ from typing import Any, Callable
 import lightning as L
 import numpy as np
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch import nn
 
 from lrnn_lightning.modules.state import detach_state
+from lrnn_lightning.resume import gather_ranks, to_device, windows_done
+
+TRAIN_STATE_KEY = "lrnn_train_state"  # checkpoint key of the per-rank carried state and partial sums
 
 
 class LanguageModel(L.LightningModule):
@@ -21,6 +25,10 @@ class LanguageModel(L.LightningModule):
     The hidden state is carried across windows (detached) and reset at the start of each epoch
     and each evaluation. Perplexity is ``exp`` of the token-weighted mean loss over the whole
     split, summed over all processes; never an average of per-batch perplexities.
+
+    A checkpoint saved mid-epoch carries, per rank, the training hidden state, the epoch's partial
+    loss sums and the random streams; a run resumed from it continues exactly (see
+    ``lrnn_lightning.resume``).
     """
 
     def __init__(
@@ -48,6 +56,11 @@ class LanguageModel(L.LightningModule):
         self._state: dict[str, Any] = {}
         self._sums: dict[str, torch.Tensor] = {}
         self.epoch_metrics: dict[str, float] = {}
+        # read from a checkpoint by on_load_checkpoint, applied by on_train_start
+        self._resumed_rng: dict | None = None
+        self._resumed_train: dict | None = None
+        # the restored mid-epoch state must survive the epoch-start hook of the epoch it belongs to
+        self._keep_train_state = False
 
     # ---- parameters --------------------------------------------------------------------------
     def parameter_counts(self) -> dict[str, int]:
@@ -74,8 +87,28 @@ class LanguageModel(L.LightningModule):
         return total / max(count, 1.0)
 
     # ---- training -------------------------------------------------------------------------------
+    def on_train_start(self) -> None:
+        """Applies what a resumed checkpoint brought, on this rank's device, right before training:
+        nothing between the restore and here may use the random streams of the first step."""
+        rng, train = self._resumed_rng, self._resumed_train
+        self._resumed_rng = self._resumed_train = None
+        if train is not None:
+            self._state["train"] = to_device(train["state"], self.device)
+            self._sums["train"] = train["sums"].to(self.device, torch.float64)
+            self._keep_train_state = True
+        elif "train" not in self._sums:
+            self._reset("train")
+        if rng is not None:
+            _set_rng_state(rng)
+
     def on_train_epoch_start(self) -> None:
+        if self._keep_train_state:  # the first epoch start after a mid-epoch resume, if Lightning calls it
+            self._keep_train_state = False
+            return
         self._reset("train")
+
+    def on_train_batch_start(self, batch, batch_idx) -> None:
+        self._keep_train_state = False  # the resumed epoch is under way: the next epoch start resets
 
     def training_step(self, batch, batch_idx):
         total, count = self._window("train", batch)
@@ -88,6 +121,13 @@ class LanguageModel(L.LightningModule):
         loss = self._split_loss("train")
         self.epoch_metrics.update({"train/loss": loss, "train/ppl": math.exp(min(loss, 700))})
         self.log("train/ppl", self.epoch_metrics["train/ppl"], sync_dist=True)
+        # Lightning keeps its fit loop "restarting" through the whole epoch a run resumed in, and then
+        # skips that epoch's scheduler step (ReduceLROnPlateau included: it fears the metrics were
+        # not saved). This epoch ran to its end and validated afresh, so it is an ordinary epoch end:
+        # without this, a run resumed mid-epoch steps its scheduler once less than an uninterrupted one.
+        fit_loop = self.trainer.fit_loop
+        if fit_loop.restarting and fit_loop.epoch_loop._num_ready_batches_reached():
+            fit_loop._restarting = False
 
     # ---- evaluation -----------------------------------------------------------------------------
     def on_validation_epoch_start(self) -> None:
@@ -127,23 +167,57 @@ class LanguageModel(L.LightningModule):
             "lr_scheduler": {"scheduler": scheduler, "monitor": self.scheduler_monitor, "interval": "epoch"},
         }
 
-    # ---- exact resume: the random streams travel with the checkpoint ----------------------------
+    # ---- exact resume: random streams, and mid-epoch the carried state, per rank ------------------
+    def _rank_world(self) -> tuple[int, int]:
+        trainer = self._trainer
+        return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["rng_states"] = {
-            "torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-            # plain types, so the checkpoint still loads with torch.load(weights_only=True)
-            "numpy": [x.tolist() if isinstance(x, np.ndarray) else x for x in np.random.get_state()],
-            "python": random.getstate(),
-        }
+        # runs on every rank (rank 0 writes the file): each rank's entry is gathered into a list
+        mid_epoch = windows_done(self._trainer) > 0
+        mine: dict[str, Any] = {"rng": _rng_state()}
+        if mid_epoch:
+            mine["train"] = {"state": self._state.get("train"), "sums": self._sums["train"].detach()}
+        ranks = gather_ranks(mine)
+        checkpoint["rng_states"] = [r["rng"] for r in ranks]
+        if mid_epoch:
+            checkpoint[TRAIN_STATE_KEY] = [r["train"] for r in ranks]
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        rank, world = self._rank_world()
         rng = checkpoint.get("rng_states")
-        if rng is None:
-            return
-        torch.set_rng_state(rng["torch"])
-        if rng["cuda"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(rng["cuda"])
-        kind, key, *rest = rng["numpy"]
-        np.random.set_state((kind, np.asarray(key, dtype=np.uint32), *rest))
-        random.setstate(rng["python"])
+        if isinstance(rng, list):  # one entry per rank of the run that saved it
+            if len(rng) != world:
+                rank_zero_warn(f"the checkpoint's random streams come from {len(rng)} process(es), this run has "
+                               f"{world}: resuming is not exact")
+            rng = rng[rank] if rank < len(rng) else rng[0]
+        self._resumed_rng = rng  # older checkpoints: one dict, rank 0's streams
+        train = checkpoint.get(TRAIN_STATE_KEY)
+        self._resumed_train = None
+        if train is not None:
+            if len(train) == world:
+                self._resumed_train = train[rank]
+            else:
+                rank_zero_warn(f"the checkpoint was saved mid-epoch by {len(train)} process(es), this run has {world}: "
+                               "the data is split differently, so the carried hidden state and the epoch's partial "
+                               "loss sums are dropped (the epoch goes on from the same window count with a fresh "
+                               "state; its train/loss covers only the windows after the resume)")
+
+
+def _rng_state() -> dict:
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        # plain types, so the checkpoint still loads with torch.load(weights_only=True)
+        "numpy": [x.tolist() if isinstance(x, np.ndarray) else x for x in np.random.get_state()],
+        "python": random.getstate(),
+    }
+
+
+def _set_rng_state(rng: dict) -> None:
+    torch.set_rng_state(rng["torch"])
+    if rng["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])
+    kind, key, *rest = rng["numpy"]
+    np.random.set_state((kind, np.asarray(key, dtype=np.uint32), *rest))
+    random.setstate(rng["python"])

@@ -1,0 +1,172 @@
+"""ModelCheckpoint with mid-epoch saves of ``last.ckpt``, by steps or by wall time."""
+
+from __future__ import annotations
+
+import re
+import time
+from datetime import timedelta
+from typing import Any
+
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.utilities import rank_zero_warn
+
+from lrnn_lightning.errors import UserError
+from lrnn_lightning.resume import windows_done
+
+_UNITS = {"": 1, "s": 1, "sec": 1, "secs": 1, "second": 1, "seconds": 1, "m": 60, "min": 60, "mins": 60,
+          "minute": 60, "minutes": 60, "h": 3600, "hr": 3600, "hrs": 3600, "hour": 3600, "hours": 3600,
+          "d": 86400, "day": 86400, "days": 86400}
+_PART = re.compile(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*([a-z]*)")
+
+
+def parse_interval(value: Any) -> timedelta | None:
+    """A wall-time interval from the command line or a config: a ``timedelta``; a number of seconds
+    (``1800``); ``"HH:MM:SS"`` or ``"DD:HH:MM:SS"`` (``"00:30:00"``); or amounts with units, summed
+    (``"30m"``, ``"2h"``, ``"1h30m"``, ``"90s"``, ``"1.5h"``, ``"1d"``). ``None``/``"null"``: no interval."""
+    if value is None or isinstance(value, timedelta):
+        return value
+    if isinstance(value, bool):
+        raise UserError(f"train_time_interval: {value!r} is not a time interval")
+    if isinstance(value, (int, float)):
+        seconds = float(value)
+    elif isinstance(value, str):
+        text = value.strip().lower()
+        if text in ("", "null", "none"):
+            return None
+        seconds = _parse_text(text, value)
+    else:
+        raise UserError(f"train_time_interval: {value!r} is not a time interval")
+    if not seconds >= 0 or seconds == float("inf"):
+        raise UserError(f"train_time_interval must be a finite, non-negative time; got {value!r}")
+    return timedelta(seconds=seconds)
+
+
+def _parse_text(text: str, original: str) -> float:
+    usage = ('use seconds (1800), "HH:MM:SS" ("00:30:00"), "DD:HH:MM:SS", or amounts with units '
+             '("30m", "2h", "1h30m", "90s")')
+    if ":" in text:
+        parts = text.split(":")
+        if len(parts) not in (3, 4):
+            raise UserError(f"train_time_interval {original!r}: {usage}")
+        try:
+            values = [float(p) for p in parts]
+        except ValueError:
+            raise UserError(f"train_time_interval {original!r}: {usage}") from None
+        return sum(v * f for v, f in zip(reversed(values), (1, 60, 3600, 86400)))
+    seconds, pos = 0.0, 0
+    while pos < len(text):
+        m = _PART.match(text, pos)
+        if m is None or m.group(2) not in _UNITS:
+            raise UserError(f"train_time_interval {original!r}: {usage}")
+        seconds += float(m.group(1)) * _UNITS[m.group(2)]
+        pos = m.end()
+        while pos < len(text) and text[pos] in " ,":
+            pos += 1
+    return seconds
+
+
+class MidEpochCheckpoint(ModelCheckpoint):
+    """Lightning's ``ModelCheckpoint`` (best ``top_k`` by ``monitor`` and ``last.ckpt`` after each
+    epoch's validation), plus mid-epoch saves of ``last.ckpt`` alone every ``every_n_train_steps``
+    optimizer steps and/or every ``train_time_interval`` (see ``parse_interval``).
+
+    Every epoch-end save point writes ``last.ckpt``, also when the epoch made no new top-k
+    checkpoint (Lightning 2.6 would then leave ``last.ckpt`` behind).
+
+    A mid-epoch save writes ``last.ckpt`` only: the monitored validation metric is stale then, so
+    it never makes a top-k checkpoint. It never happens on an epoch's last batch (the epoch-end save
+    follows), nor inside a gradient accumulation (those gradients are not in a checkpoint). The
+    epoch-end save happens as usual even when a mid-epoch save happened at the same global step.
+    ``last.ckpt`` is always the newest checkpoint, and always a file (``save_last="link"`` is
+    turned into ``True``). Resuming from a mid-epoch ``last.ckpt`` is exact: see
+    ``lrnn_lightning.resume``.
+
+    Under DDP every rank takes the same decision (the step count is the same everywhere; the
+    time trigger is rank 0's clock, broadcast), since saving is a collective.
+    """
+
+    def __init__(self, *args: Any, every_n_train_steps: int | None = None,
+                 train_time_interval: timedelta | str | float | None = None, every_n_epochs: int | None = 1,
+                 save_last: bool | str | None = True, **kwargs: Any):
+        if save_last == "link":
+            rank_zero_warn("save_last='link' is not supported (last.ckpt must be a file that a resume can read "
+                           "atomically); saving it as a file")
+            save_last = True
+        # the base class forbids combining step/time triggers with every_n_epochs: it handles the
+        # epoch-end saves, the mid-epoch triggers are ours
+        super().__init__(*args, every_n_epochs=every_n_epochs, save_last=save_last, **kwargs)
+        steps = int(every_n_train_steps or 0)
+        if steps < 0:
+            raise UserError(f"every_n_train_steps must be >= 0 (0 or null: off), got {every_n_train_steps}")
+        self.mid_epoch_every_n_steps = steps
+        self.mid_epoch_interval = parse_interval(train_time_interval)
+        self._mid_time_checked: float | None = None
+        self._mid_step_saved = -1
+
+    @property
+    def state_key(self) -> str:
+        # the key of the plain ModelCheckpoint with the same epoch-end settings: checkpoints written
+        # before this class, or with other mid-epoch settings, restore its best-k bookkeeping
+        key = dict(monitor=self.monitor, mode=self.mode, every_n_train_steps=0, every_n_epochs=self._every_n_epochs,
+                   train_time_interval=None)
+        return f"ModelCheckpoint{key!r}"
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        super().on_train_start(trainer, pl_module)
+        self._mid_time_checked = time.monotonic()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if self._mid_epoch_due(trainer):
+            self.save_last_mid_epoch(trainer)
+
+    # Lightning 2.6 writes last.ckpt after a validation only when a top-k checkpoint was written at
+    # that step: after an epoch that is no new best, last.ckpt would stay behind (and a resume from
+    # it would redo that epoch). Here every epoch-end save point writes last.ckpt.
+    def on_validation_end(self, trainer, pl_module) -> None:
+        super().on_validation_end(trainer, pl_module)
+        if not self._should_save_on_train_epoch_end(trainer):
+            self._save_last_if_not_saved(trainer)
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        super().on_train_epoch_end(trainer, pl_module)
+        if self._should_save_on_train_epoch_end(trainer):
+            self._save_last_if_not_saved(trainer)
+
+    def _save_last_if_not_saved(self, trainer) -> None:
+        due = self._every_n_epochs >= 1 and (trainer.current_epoch + 1) % self._every_n_epochs == 0
+        # skipped when this step is already saved (the base class wrote top-k and last just now)
+        if self.save_last and due and not self._should_skip_saving_checkpoint(trainer):
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+    def _mid_epoch_due(self, trainer) -> bool:
+        if not self.save_last or (self.mid_epoch_every_n_steps < 1 and self.mid_epoch_interval is None):
+            return False
+        step = trainer.global_step
+        due_steps = self.mid_epoch_every_n_steps >= 1 and step % self.mid_epoch_every_n_steps == 0
+        due_time = False
+        if self.mid_epoch_interval is not None:
+            now = time.monotonic()
+            due_time = (self._mid_time_checked is not None
+                        and now - self._mid_time_checked >= self.mid_epoch_interval.total_seconds())
+            due_time = bool(trainer.strategy.broadcast(due_time, src=0))  # rank 0's clock decides for all
+            if due_time:
+                self._mid_time_checked = now
+        if not (due_steps or due_time):
+            return False
+        return (
+            windows_done(trainer) > 0  # not on the epoch's last batch: the epoch-end save follows
+            and windows_done(trainer) % trainer.accumulate_grad_batches == 0  # the optimizer just stepped
+            and step != self._mid_step_saved
+            and step > 0
+            and not trainer.fast_dev_run
+            and not trainer.sanity_checking
+        )
+
+    def save_last_mid_epoch(self, trainer) -> None:
+        """Write ``last.ckpt`` now (every rank calls this: saving is a collective)."""
+        # Lightning skips a save at a global step it has already saved: the epoch-end save (best +
+        # last) must happen whatever was saved mid-epoch, so its bookkeeping forgets this save
+        saved_step = self._last_global_step_saved
+        self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+        self._last_global_step_saved = saved_step
+        self._mid_step_saved = trainer.global_step
