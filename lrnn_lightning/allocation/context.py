@@ -8,41 +8,130 @@ words by a capacity-constrained k-means seeded with the R most frequent words (s
 start in different rows). Within a row, the i-th most frequent word takes column i. On a
 class-Markov language this recovers the classes; on real text it is a cheap Brown-like
 clustering. The per-epoch reallocation then refines it from the model's own losses.
+
+Word frequencies come from the whole training stream (a chunked count). The predecessor pairs
+come from at most ``max_tokens`` tokens: the whole stream when it is no longer, otherwise many
+evenly spaced contiguous blocks from its first token to its last (never a prefix: a corpus whose
+files are ordered by topic or date is sampled throughout).
 """
 
 from __future__ import annotations
 
 import numpy as np
 import scipy.sparse as sp
-from scipy.sparse.linalg import svds
+import torch
+from scipy.sparse.linalg import LinearOperator, eigsh, svds
+
+
+def word_counts(tokens: np.ndarray, vocab_size: int, chunk: int = 5_000_000) -> np.ndarray:
+    """How often each id occurs in the whole stream, read ``chunk`` tokens at a time."""
+    counts = np.zeros(vocab_size, dtype=np.int64)
+    for start in range(0, len(tokens), chunk):
+        counts += np.bincount(np.asarray(tokens[start:start + chunk], dtype=np.int64), minlength=vocab_size)
+    return counts
+
+
+def pair_blocks(num_tokens: int, max_tokens: int, blocks: int = 1000) -> tuple[np.ndarray, int]:
+    """``(starts, length)`` of the contiguous blocks whose successive pairs are counted.
+
+    The whole stream (one block at 0) when it has at most ``max_tokens`` tokens; otherwise
+    ``blocks`` blocks of ``max_tokens // blocks`` tokens, evenly spaced so that the first starts
+    at the first token and the last ends at the last one. A block of ``length`` tokens gives
+    ``length - 1`` pairs.
+    """
+    if num_tokens <= max_tokens:
+        return np.zeros(1, dtype=np.int64), int(num_tokens)
+    k = max(1, min(blocks, max_tokens // 2))  # blocks of at least 2 tokens (one pair)
+    length = max_tokens // k
+    if k == 1:
+        return np.array([(num_tokens - length) // 2], dtype=np.int64), length
+    return np.arange(k, dtype=np.int64) * (num_tokens - length) // (k - 1), length
+
+
+def _pair_matrix(tokens: np.ndarray, feature: np.ndarray, vocab_size: int, width: int,
+                 starts: np.ndarray, length: int, chunk: int, fold: int = 1 << 24) -> sp.csr_matrix:
+    """Counts ``M[next, feature[prev]]`` over the pairs inside the blocks, as a canonical CSR
+    (sorted column indices, no duplicates: the same arrays as summing per-chunk matrices).
+
+    Each pair is a code ``next * width + feature[prev]``; codes are sorted and counted (one
+    ``np.unique``, not a sum of sparse matrices), folding the pending ones into the distinct
+    cells counted so far every ``fold`` codes, so memory is bounded by the distinct pairs."""
+    cells, n = np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float64)
+    pending, size = [], 0
+
+    def folded():
+        new, times = np.unique(np.concatenate(pending), return_counts=True)
+        if not len(cells):
+            return new, times.astype(np.float64)
+        merged, weights = np.concatenate([cells, new]), np.concatenate([n, times])
+        by_code = np.argsort(merged, kind="stable")
+        merged, weights = merged[by_code], weights[by_code]
+        first = np.flatnonzero(np.concatenate([[True], merged[1:] != merged[:-1]]))
+        return merged[first], np.add.reduceat(weights, first)  # exact integer sums
+
+    for s in starts.tolist():
+        for a in range(s, s + length - 1, chunk):
+            block = np.asarray(tokens[a:min(s + length, a + chunk + 1)], dtype=np.int64)
+            pending.append(block[1:] * width + feature[block[:-1]])
+            size += len(pending[-1])
+            if size >= fold:
+                (cells, n), pending, size = folded(), [], 0
+    if pending:
+        cells, n = folded()
+    rows, cols = np.divmod(cells, width)
+    indptr = np.zeros(vocab_size + 1, dtype=np.int64)
+    np.cumsum(np.bincount(rows, minlength=vocab_size), out=indptr[1:])
+    return sp.csr_matrix((n, cols, indptr), shape=(vocab_size, width))
+
+
+def _svd_embedding(M: sp.csr_matrix, k: int, seed: int) -> np.ndarray:
+    """``U * S`` of the rank-``k`` truncated SVD of M, float32.
+
+    Up to ``SEQUENTIAL_MAX_WORDS`` rows (or a wide M) this is ``scipy.sparse.linalg.svds`` itself.
+    Above, the same ARPACK run on ``M^T M`` but without svds's closing dense SVD of the tall
+    ``M @ V`` (23 s at 793,471 words): that matrix is rotated onto its principal axes by the
+    eigenvectors of its ``k x k`` Gram matrix instead. Same embedding up to the sign of each
+    column and rounding, and distances do not see signs.
+    """
+    rng = np.random.default_rng(seed)
+    v0 = rng.standard_normal(min(M.shape))
+    if M.shape[0] <= SEQUENTIAL_MAX_WORDS or M.shape[0] < M.shape[1]:
+        u, s, _ = svds(M, k=k, v0=v0, random_state=seed)
+        return (u * s).astype(np.float32)
+    Mt = M.T.tocsr()
+    gram = LinearOperator((M.shape[1], M.shape[1]), matvec=lambda x: Mt @ (M @ x), dtype=M.dtype)
+    _, vecs = eigsh(gram, k=k, tol=0, which="LM", v0=v0)
+    vecs, _ = np.linalg.qr(vecs)
+    Av = torch.from_numpy(M @ vecs)  # [V, k] float64; the dense products in torch (multithreaded)
+    _, rot = torch.linalg.eigh(Av.T @ Av)
+    rot = rot.flip(1)  # columns by decreasing singular value
+    E = torch.empty(Av.shape, dtype=torch.float32)
+    for start in range(0, len(Av), 65536):  # no second V x k float64 matrix
+        E[start:start + 65536] = Av[start:start + 65536] @ rot
+    return E.numpy()
 
 
 def context_embedding(tokens: np.ndarray, vocab_size: int, features: int = 2000, dims: int = 100,
-                      max_tokens: int = 20_000_000, chunk: int = 5_000_000, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+                      max_tokens: int = 20_000_000, chunk: int = 5_000_000, seed: int = 0,
+                      blocks: int = 1000) -> tuple[np.ndarray, np.ndarray]:
     """``(E[V, dims], counts[V])``: each word's left-context vector and its frequency.
 
-    Predecessor features are the ``features`` most frequent words plus one bucket for the rest; at most ``max_tokens`` tokens are read, ``chunk`` at a time.
+    ``counts`` is over the whole stream. Predecessor features are the ``features`` most frequent
+    words plus one bucket for the rest, counted over at most ``max_tokens`` tokens in ``blocks``
+    evenly spaced blocks (:func:`pair_blocks`); ``chunk`` tokens are read at a time.
     """
-    n = min(len(tokens), max_tokens)
     features = min(features, vocab_size)
-    counts = np.zeros(vocab_size, dtype=np.int64)
-    for start in range(0, n, chunk):
-        counts += np.bincount(np.asarray(tokens[start:min(n, start + chunk)], dtype=np.int64), minlength=vocab_size)
+    counts = word_counts(tokens, vocab_size, chunk)
     # a predecessor feature per frequent word (by count, whatever the id order), one bucket for the rest
     feature = np.full(vocab_size, features, dtype=np.int64)
     feature[np.argsort(-counts, kind="stable")[:features]] = np.arange(features)
-    M = sp.csr_matrix((vocab_size, features + 1), dtype=np.float64)
-    for start in range(0, n - 1, chunk):
-        block = np.asarray(tokens[start:min(n, start + chunk + 1)], dtype=np.int64)
-        M = M + sp.csr_matrix((np.ones(len(block) - 1), (block[1:], feature[block[:-1]])), shape=M.shape)
+    starts, length = pair_blocks(len(tokens), max_tokens, blocks)
+    M = _pair_matrix(tokens, feature, vocab_size, features + 1, starts, length, chunk)
     rows = np.asarray(M.sum(1)).ravel()
     M = sp.diags(1.0 / np.maximum(rows, 1.0)) @ M
     M.data = np.sqrt(M.data)
     k = max(1, min(dims, min(M.shape) - 1))
-    rng = np.random.default_rng(seed)
-    u, s, _ = svds(M, k=k, v0=rng.standard_normal(min(M.shape)), random_state=seed)
-    E = (u * s).astype(np.float32)
-    return E, counts
+    return _svd_embedding(M, k, seed), counts
 
 
 def _nearest(E: np.ndarray, centroids: np.ndarray, m: int, exclude: np.ndarray | None = None,
@@ -61,30 +150,86 @@ def _nearest(E: np.ndarray, centroids: np.ndarray, m: int, exclude: np.ndarray |
     return out
 
 
-def _balanced_assign_parallel(E: np.ndarray, centroids: np.ndarray, order: np.ndarray, capacity: int, m: int = 16) -> np.ndarray:
+def _nearest_torch(E: np.ndarray, centroids: np.ndarray, m: int, exclude: np.ndarray | None = None,
+                   chunk: int = 16384) -> np.ndarray:
+    """:func:`_nearest` by a torch matmul and ``torch.topk`` (multithreaded; several times
+    faster than ``argpartition``). Ties and float rounding may order candidates differently."""
+    allowed = np.arange(len(centroids)) if exclude is None else np.flatnonzero(~exclude)
+    cents = torch.from_numpy(np.ascontiguousarray(centroids[allowed], dtype=np.float32))
+    m = min(m, len(cents))
+    c2 = (cents * cents).sum(1)[None, :]
+    Et = torch.from_numpy(np.ascontiguousarray(E, dtype=np.float32))
+    out = torch.empty((len(E), m), dtype=torch.int64)
+    with torch.inference_mode():
+        for start in range(0, len(E), chunk):
+            d = torch.addmm(c2, Et[start:start + chunk], cents.T, alpha=-2.0)
+            out[start:start + chunk] = torch.topk(d, m, dim=1, largest=False, sorted=True).indices
+    return allowed[out.numpy()]
+
+
+def _balanced_assign_parallel(E: np.ndarray, centroids: np.ndarray, order: np.ndarray, capacity: int, m: int = 16,
+                              groups: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
     """Rows of at most ``capacity`` words: every unassigned word proposes to its next-nearest row
     and each row keeps its most frequent proposers while it has room (``order``: most frequent
-    first); words left over propose again among the rows that still have room. Vectorized."""
+    first); words left over propose again among the rows that still have room. Vectorized.
+
+    Words that share an embedding share their candidate rows, found once (``groups``, the
+    :func:`_distinct_rows` of E, computed here when not given): on the 793,681-word rehearsal
+    corpus 375,741 distinct vectors, since words seen after a single sampled predecessor feature,
+    or never, share theirs."""
     R, V = len(centroids), len(E)
+    distinct, inverse = groups if groups is not None else _distinct_rows(E)
+    key = np.int16 if R <= np.iinfo(np.int16).max else np.int64  # 16 bits: a radix sort
     left = np.full(R, capacity, dtype=np.int64)
     row = np.full(V, -1, dtype=np.int64)
-    priority = np.empty(V, dtype=np.int64)
-    priority[order] = np.arange(V)
-    todo = order.copy()
+    todo = order.copy()  # in order of priority, so a stable sort by row ranks each row's proposers
     while len(todo):
-        cand = _nearest(E[todo], centroids, m, exclude=left == 0)
-        for j in range(cand.shape[1]):
-            want = cand[:, j]
-            by_row = np.lexsort((priority[todo], want))
-            words, rows = todo[by_row], want[by_row]
-            first = np.searchsorted(rows, rows, side="left")
-            accepted = (np.arange(len(rows)) - first) < left[rows]
-            row[words[accepted]] = rows[accepted]
-            left -= np.bincount(rows[accepted], minlength=R)
-            todo, cand = words[~accepted], cand[by_row][~accepted]
-            if not len(todo):
+        uniq, back = np.unique(inverse[todo], return_inverse=True)
+        full = left == 0
+        width = min(m, int((~full).sum()))
+        # most words settle within their first few candidates: find 4, the rest only when needed
+        cand = _nearest_torch(distinct[uniq], centroids, min(width, FIRST_CANDIDATES), exclude=full).astype(key)
+        pending = np.arange(len(todo))  # positions in todo of the words still unassigned, in order
+        for j in range(width):
+            if j == cand.shape[1]:
+                need = np.unique(back[pending])
+                more = np.empty((len(uniq), width), dtype=key)
+                more[:, :j] = cand
+                more[need] = _nearest_torch(distinct[uniq[need]], centroids, width, exclude=full)
+                cand = more
+            want = cand[back[pending], j]
+            by_row = np.argsort(want, kind="stable")
+            rows = want[by_row].astype(np.int64)
+            first = np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=R))[:-1]])
+            accepted = np.empty(len(pending), dtype=bool)
+            accepted[by_row] = (np.arange(len(rows)) - first[rows]) < left[rows]
+            taken = want[accepted].astype(np.int64)
+            row[todo[pending[accepted]]] = taken
+            left -= np.bincount(taken, minlength=R)
+            pending = pending[~accepted]
+            if not len(pending):
                 break
+        todo = todo[pending]
     return row
+
+
+def _distinct_rows(E: np.ndarray, chunk: int = 65536) -> tuple[np.ndarray, np.ndarray]:
+    """``(D, inverse)`` with ``E == D[inverse]`` bitwise: the distinct rows of E.
+
+    Rows are grouped by a 64-bit hash of their bits and the grouping is checked; on a collision
+    (never seen) the exact, slower grouping of whole rows is used."""
+    bits = np.ascontiguousarray(E).view(np.uint32).reshape(len(E), -1)
+    mult = np.random.default_rng(0).integers(1, 2**63, size=bits.shape[1], dtype=np.uint64) | np.uint64(1)
+    h = np.empty(len(E), dtype=np.uint64)
+    for a in range(0, len(E), chunk):
+        h[a:a + chunk] = (bits[a:a + chunk].astype(np.uint64) * mult).sum(1)  # wraps: a hash
+    _, first, inverse = np.unique(h, return_index=True, return_inverse=True)
+    inverse = inverse.ravel()
+    if all(np.array_equal(bits[a:a + chunk], bits[first[inverse[a:a + chunk]]]) for a in range(0, len(E), chunk)):
+        return E[first], inverse
+    keys = bits.view(np.dtype((np.void, bits.itemsize * bits.shape[1]))).ravel()
+    _, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
+    return E[first], inverse.ravel()
 
 
 def _balanced_assign_sequential(E: np.ndarray, centroids: np.ndarray, order: np.ndarray, capacity: int, m: int = 16) -> np.ndarray:
@@ -112,15 +257,36 @@ def _balanced_assign_sequential(E: np.ndarray, centroids: np.ndarray, order: np.
     return row
 
 
+# candidate rows found first by the proposal rounds (torch.topk of 4 is 4x cheaper than of 16)
+FIRST_CANDIDATES = 4
+
 # past this many words the one-word-at-a-time assignment is slow in Python (37 s at V = 100,000
-# against 12.5 s for the proposal rounds, 535 s against 222 s at V = 793,471)
+# against 12.5 s for the proposal rounds, 535 s against 222 s at V = 793,471); the SVD and the
+# centroid sums switch to their faster forms at the same size (same results up to rounding)
 SEQUENTIAL_MAX_WORDS = 50_000
 
 
-def _balanced_assign(E: np.ndarray, centroids: np.ndarray, order: np.ndarray, capacity: int) -> np.ndarray:
+def _balanced_assign(E: np.ndarray, centroids: np.ndarray, order: np.ndarray, capacity: int,
+                     groups: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
     if len(E) <= SEQUENTIAL_MAX_WORDS:
         return _balanced_assign_sequential(E, centroids, order, capacity)
-    return _balanced_assign_parallel(E, centroids, order, capacity)
+    return _balanced_assign_parallel(E, centroids, order, capacity, groups=groups)
+
+
+def _centroids(E: np.ndarray, row: np.ndarray, weight: np.ndarray, rows: int) -> tuple[np.ndarray, np.ndarray]:
+    """Weighted sums of each row's embeddings (float64) and each row's weight."""
+    mass = np.bincount(row, weights=weight, minlength=rows)
+    if len(E) <= SEQUENTIAL_MAX_WORDS:
+        sums = np.zeros((rows, E.shape[1]), dtype=np.float64)
+        np.add.at(sums, row, E * weight[:, None])
+        return sums, mass
+    # the same sums up to float32 rounding (~1e-6 relative; the centroids are float32 anyway) in
+    # one sparse product: 0.14 s against 1.9 s for add.at at 793,471 words, no V x dims float64 copy
+    S = torch.sparse_coo_tensor(torch.from_numpy(np.stack([row, np.arange(len(E))])),
+                                torch.from_numpy(weight.astype(np.float32)), (rows, len(E)), check_invariants=False)
+    with torch.inference_mode():
+        sums = torch.sparse.mm(S, torch.from_numpy(np.ascontiguousarray(E, dtype=np.float32)))
+    return sums.numpy().astype(np.float64), mass
 
 
 def context_table(tokens: np.ndarray, vocab_size: int, rows: int, cols: int, iterations: int = 10,
@@ -132,12 +298,13 @@ def context_table(tokens: np.ndarray, vocab_size: int, rows: int, cols: int, ite
     order = np.argsort(-counts, kind="stable")
     centroids = E[order[:rows]].copy()
     weight = counts.astype(np.float64) + 1.0
+    groups = _distinct_rows(E) if vocab_size > SEQUENTIAL_MAX_WORDS else None  # E is fixed: once
     row = None
     for _ in range(max(1, iterations)):
-        row = _balanced_assign(E, centroids, order, cols)
-        sums = np.zeros_like(centroids, dtype=np.float64)
-        np.add.at(sums, row, E * weight[:, None])
-        mass = np.bincount(row, weights=weight, minlength=rows)
+        previous, row = row, _balanced_assign(E, centroids, order, cols, groups)
+        if previous is not None and np.array_equal(row, previous):
+            break  # a fixed point: the same rows give the same centroids, hence the same rows
+        sums, mass = _centroids(E, row, weight, rows)
         nonempty = mass > 0
         centroids[nonempty] = (sums[nonempty] / mass[nonempty, None]).astype(np.float32)
     # within a row, the more frequent word takes the lower column
