@@ -8,7 +8,7 @@
 3. run 1 (``hardware=ddp_cpu``, 2 gloo processes, a small 1 x 32 LSTM core under the 891 x 891
    table): the context-clustered start over the whole corpus, then ``--steps/2`` steps with the
    reallocation statistics accumulating, and a mid-epoch checkpoint (``every_n_train_steps``)
-   carrying them; the run stops there (``max_steps``), as a preempted job would;
+   carrying them; the run dies when the next step starts, as a preempted job would;
 4. run 2: resumed from that ``last.ckpt`` into the same run directory: the next window of the same
    epoch, the rest of the epoch, one real reallocation round at full V (statistics summed over both
    ranks, solved on rank 0 with the default move penalty), validation.
@@ -41,12 +41,15 @@ print(json.dumps({"seconds": time.perf_counter() - t, "peak_rss_mb": resource.ge
 """
 
 
-def run(cmd: list[str], log: Path, env: dict) -> dict:
+def run(cmd: list[str], log: Path, env: dict, expect_failure: bool = False) -> dict:
     t = time.perf_counter()
     with open(log, "w") as f:
         proc = subprocess.run(cmd, cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT)
     out = {"seconds": time.perf_counter() - t, "returncode": proc.returncode, "log": str(log)}
-    if proc.returncode != 0:
+    if expect_failure:
+        if "Interrupted: interrupted after global step" not in log.read_text():
+            raise SystemExit(f"{cmd[1]} was expected to be interrupted; see {log}")
+    elif proc.returncode != 0:
         print(log.read_text()[-4000:], file=sys.stderr)
         raise SystemExit(f"{cmd[1]} failed ({proc.returncode}); see {log}")
     return out
@@ -93,10 +96,16 @@ def main() -> None:
             "trainer.num_sanity_val_steps=0", "callbacks.reallocation.skip_last_epoch=false", "test=false",
             "logger=csv", f"callbacks.model_checkpoint.every_n_train_steps={half}", f"hydra.run.dir={run_dir}",
             "+callbacks.resources._target_=lrnn_lightning.callbacks.resources.ResourceLog"]
-    for name, extra in (("run1_until_mid_epoch_checkpoint", [f"trainer.max_steps={half}"]),
+    # run 1 dies when the step after the mid-epoch checkpoint starts (tests/resume_helpers.InterruptAt:
+    # an exception on both ranks, as a killed job: nothing after the checkpoint is written)
+    interrupt = ["+callbacks.interrupt._target_=resume_helpers.InterruptAt", f"+callbacks.interrupt.step={half}"]
+    env1 = {**env, "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), env.get("PYTHONPATH", "")])}
+    for name, extra in (("run1_until_mid_epoch_checkpoint", interrupt),
                         ("run2_resumed_round_validation", [f"ckpt_path={run_dir}/checkpoints/last.ckpt"])):
         res_dir = work / "resources" / name
-        out = run([*base, f"+callbacks.resources.dirpath={res_dir}", *extra], work / f"{name}.log", env)
+        first = name.startswith("run1")
+        out = run([*base, f"+callbacks.resources.dirpath={res_dir}", *extra], work / f"{name}.log",
+                  env1 if first else env, expect_failure=first)
         out["ranks"] = {p.stem: json.loads(p.read_text()) for p in sorted(res_dir.glob("rank*.json"))}
         if name.startswith("run1"):
             ckpt = run_dir / "checkpoints" / "last.ckpt"

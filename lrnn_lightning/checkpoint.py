@@ -35,8 +35,26 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         reallocation statistics, which every rank would otherwise read into memory at once."""
         if "://" in str(path):
             return super().load_checkpoint(path, map_location=map_location)
-        return torch.load(path, map_location=map_location or "cpu", mmap=True,
+        ckpt = torch.load(path, map_location=map_location or "cpu", mmap=True,
                           weights_only=bool(weights_only) if weights_only is not None else False)
+        # everything but the (transient) statistics is copied out of the mapping: tensors kept for the
+        # run (optimizer state, RNG states) would otherwise keep the whole file mapped, and the pages
+        # the statistics were read from resident, long after they were added to the accumulators
+        return {k: v if k == _STATISTICS_KEY else _copy_tensors(v) for k, v in ckpt.items()}
+
+
+_STATISTICS_KEY = "lrnn_realloc_statistics"  # the Reallocation callback's partial statistics
+
+
+def _copy_tensors(x):
+    if isinstance(x, torch.Tensor):
+        return x.clone()
+    if isinstance(x, dict):
+        return type(x)((k, _copy_tensors(v)) for k, v in x.items()) if not hasattr(x, "default_factory") else \
+            {k: _copy_tensors(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return type(x)(_copy_tensors(v) for v in x) if not hasattr(x, "_fields") else type(x)(*(_copy_tensors(v) for v in x))
+    return x
 
 
 def read_checkpoint(path: str | os.PathLike) -> dict:

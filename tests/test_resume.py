@@ -202,8 +202,8 @@ def test_mid_epoch_saves_write_last_ckpt_only_and_epoch_end_saves_still_happen(m
     # 6, 12 (the same global step as the validation save) and 18, never at 24 (the last batch).
     # mode=max: the second validation (lower perplexity) makes no new best; last.ckpt is saved anyway
     resume_helpers.RECORDED.clear()
-    train(make_cfg([*LSTM, "logger=none", "trainer.max_epochs=1", "+trainer.limit_train_batches=24",
-                    "+trainer.val_check_interval=0.5", "test=false", "callbacks.model_checkpoint.mode=max",
+    train(make_cfg([*LSTM, "logger=none", "trainer.max_epochs=1", "trainer.limit_train_batches=24",
+                    "trainer.val_check_interval=0.5", "test=false", "callbacks.model_checkpoint.mode=max",
                     "callbacks.model_checkpoint.every_n_train_steps=6",
                     "+callbacks.record._target_=resume_helpers.RecordCheckpoints",
                     f"+callbacks.record.dirpath={tmp_path}/run/checkpoints"]))

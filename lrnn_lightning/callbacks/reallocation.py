@@ -54,7 +54,7 @@ class Reallocation(L.Callback):
     def __init__(self, every_n_epochs: int = 1, max_rounds: int | None = None, min_moved_fraction: float = 0.0,
                  statistics: str = "during", method: str = "auto", top_k: int | None = None,
                  skip_last_epoch: bool = True, initial_table: str = "model", move_penalty: float = 0.0,
-                 sample_rows: int = 8, words_per_row: int = 12, tolerance: float = 1e-3,
+                 sample_rows: int = 8, words_per_row: int = 12, tolerance: float | None = None,
                  save_statistics: str | None = None):
         if statistics not in ("during", "extra_pass"):
             raise ValueError("statistics must be 'during' or 'extra_pass'")
@@ -154,7 +154,9 @@ class Reallocation(L.Callback):
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         head = self.head_of(pl_module)
-        if head is not None:
+        # statistics still accumulating here mean the epoch was cut short (max_steps, a time limit):
+        # keep them, so that the checkpoint Lightning writes at the stop carries them
+        if head is not None and not head.stats.enabled:
             head.stats.release()
 
     # ---- one round ---------------------------------------------------------------------------------
