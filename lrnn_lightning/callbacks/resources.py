@@ -18,6 +18,27 @@ def peak_rss_mb() -> float:
     return peak / 2 ** 20 if sys.platform == "darwin" else peak / 1024
 
 
+def phase_peak_mb() -> float:
+    """Peak RSS since the last ``reset_phase_peak`` (Linux ``VmHWM``), else the process's peak."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return peak_rss_mb()
+
+
+def reset_phase_peak() -> None:
+    """Start a new phase: Linux resets ``VmHWM`` to the current RSS when 5 is written to clear_refs."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+
+
 def current_rss_mb() -> float:
     try:
         with open("/proc/self/statm") as f:
@@ -30,7 +51,8 @@ class ResourceLog(L.Callback):
     """Writes ``<dirpath>/rank<r>.json``: for every rank, a list of events (fit start, train start
     (after the context start), each epoch start, each reallocation round, each checkpoint save,
     train end), each with the seconds since the process started the fit, the process's peak RSS so
-    far and its current RSS. Rewritten atomically at every event."""
+    far, its peak RSS since the previous event (``phase_peak_mb``: the phase that ends with this
+    event; Linux) and its current RSS. Rewritten atomically at every event."""
 
     def __init__(self, dirpath: str):
         self.dirpath = Path(dirpath)
@@ -41,7 +63,9 @@ class ResourceLog(L.Callback):
         from lrnn_lightning.atomic import write_text
 
         self.events.append({"event": name, "seconds": time.perf_counter() - self._t0, "global_step": trainer.global_step,
-                            "peak_rss_mb": peak_rss_mb(), "rss_mb": current_rss_mb(), **extra})
+                            "peak_rss_mb": peak_rss_mb(), "phase_peak_mb": phase_peak_mb(), "rss_mb": current_rss_mb(),
+                            **extra})
+        reset_phase_peak()
         path = self.dirpath / f"rank{trainer.global_rank}.json"
         path.parent.mkdir(parents=True, exist_ok=True)
         write_text(path, json.dumps({"rank": trainer.global_rank, "pid": os.getpid(), "events": self.events}, indent=1))
@@ -59,7 +83,7 @@ class ResourceLog(L.Callback):
         realloc = next((c for c in trainer.callbacks if hasattr(c, "history") and hasattr(c, "rounds")), None)
         if realloc is not None and realloc.rounds > getattr(self, "_rounds_seen", 0):
             self._rounds_seen = realloc.rounds
-            self._event(trainer, "reallocation_round", **{k.split("/")[-1]: v for k, v in realloc.history[-1].items()})
+            self._event(trainer, "reallocation_round", **{k.replace("/", "_"): v for k, v in realloc.history[-1].items()})
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint) -> None:
         self._event(trainer, "checkpoint_save")
