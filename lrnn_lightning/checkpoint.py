@@ -50,10 +50,9 @@ def _copy_tensors(x):
     if isinstance(x, torch.Tensor):
         return x.clone()
     if isinstance(x, dict):
-        return type(x)((k, _copy_tensors(v)) for k, v in x.items()) if not hasattr(x, "default_factory") else \
-            {k: _copy_tensors(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return type(x)(_copy_tensors(v) for v in x) if not hasattr(x, "_fields") else type(x)(*(_copy_tensors(v) for v in x))
+        return {k: _copy_tensors(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)) and not hasattr(x, "_fields"):
+        return type(x)(_copy_tensors(v) for v in x)
     return x
 
 

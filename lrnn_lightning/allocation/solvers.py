@@ -268,21 +268,20 @@ class AuctionResult:
     info: dict = field(default_factory=dict)
 
 
-def auction(cand: Candidates, k0: int = 8, tolerance: float = 1e-3, schedule: tuple = (),
+def auction(cand: Candidates, k0: int = 8, tolerance: float = 1e-3,
             max_rounds: int = 20_000, max_bids_per_word: int = 400, tail: float = 5e-3,
             widen_budget: float = 2.0, tail_bids_per_word: int = 20, grow: float = 2.0) -> AuctionResult:
-    """Forward auction (Jacobi bidding, float64 prices >= 0) over widening candidate boxes, with
-    epsilon-scaling.
+    """Forward auction (Jacobi bidding, float64 prices from zero) over widening candidate boxes.
 
-    Word ``w`` bids with ``eps_w = tau * max(plain_min[w], floor)``: its own scale, so frequent and
+    Word ``w`` bids with ``eps_w = tolerance * max(plain_min[w], floor)``: its own scale, so frequent and
     rare words alike settle in a few price rises. Every bid raises the price of the word's best cell
     to where its value equals the word's second-best value (counting the bound on the cells outside
     its box) plus ``eps_w``. A word whose outside bound is below its best value by more than
-    ``eps_w`` gets a wider box before it bids (up to ``cand.width``). ``tau`` runs through
-    ``schedule`` then ``tolerance``, each phase starting from the previous prices with every word
-    unassigned. More cells than words: after the last phase, empty cells that kept a price from an
-    earlier phase are reset to price 0 and the words that now prefer one bid again (a few times).
-    Work is bounded by ``max_rounds`` rounds and ``max_bids_per_word * V`` bids over all phases;
+    ``eps_w`` gets a wider box before it bids (up to ``cand.width``). Prices start at zero and only
+    rise, so empty cells keep price zero (more cells than words needs nothing more). No
+    epsilon-scaling: with per-word epsilons, prices raised by frequent words' large epsilons left
+    rare words climbing them in tiny steps (measured: no convergence at V=1,024).
+    Work is bounded by ``max_rounds`` rounds and ``max_bids_per_word * V`` bids;
     past that, ``converged`` is False and the words still bidding have ``cells == -1``. The last
     few bidders of an auction walk long chains of displacements, one round per link, for little
     gain: once at most ``tail * V`` words are still bidding and the round count passed
@@ -421,38 +420,13 @@ def auction(cand: Candidates, k0: int = 8, tolerance: float = 1e-3, schedule: tu
         return np.sort(np.asarray(queue, dtype=np.int64))
 
     add_to_group(widths[0], np.arange(V))
-    taus = [t for t in schedule if t > tolerance] + [tolerance]
-    todo = np.arange(V)
-    for tau in taus:
-        owner[:] = -1
-        assigned[:] = -1
-        todo = run(tau * scale, np.arange(V))
     eps = tolerance * scale
+    todo = run(eps, np.arange(V))
     if todo.size:  # the tail: one bidder at a time, within a bounded number of bids
         todo = sequential(eps, todo, budget=tail_bids_per_word * max(todo.size, 1) + 20_000)
-    for _ in range(4):  # empty cells must not keep a price from an earlier phase
-        stale = (owner < 0) & (price > 0)
-        if todo.size or not stale.any():
-            break
-        price[stale] = 0.0
-        unhappy = []
-        for k, g in groups.items():
-            words = g.words[:g.size]
-            words = words[width[words] == k]
-            at = pos[words]
-            value = g.cost[at] + price[g.cells[at]]
-            mine = assigned[words]
-            held = np.where(g.cells[at] == mine[:, None], value, np.inf).min(1)
-            unhappy.append(words[held > value.min(1) + eps[words]])
-        unhappy = np.concatenate(unhappy)
-        if not unhappy.size:
-            break
-        owner[assigned[unhappy]] = -1
-        assigned[unhappy] = -1
-        todo = run(eps, np.sort(unhappy))
     result = AuctionResult(assigned, price, width, counters["rounds"], counters["bids"], not todo.size,
                            counters["widened"])
-    result.info.update({"phases": len(taus), "left_to_complete": int(todo.size)})
+    result.info["left_to_complete"] = int(todo.size)
     return result
 
 
