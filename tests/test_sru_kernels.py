@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from conftest import ROOT
+from conftest import ROOT, interpreted
 from lrnn_lightning.modules import sru as sru_module
 from lrnn_lightning.modules.sru import SRU
 from test_sru import assert_same, make_inputs, run
@@ -58,6 +58,7 @@ class _Allocations(TorchDispatchMode):
         return out
 
 
+@interpreted
 def test_no_state_sequence_is_written_without_gradient():
     from triton_kernels.sru import sru_recurrence_triton
 
@@ -88,6 +89,7 @@ def test_autotuning_is_not_keyed_on_the_sequence_length():
         assert "L" not in keys and {"B", "D", "K"} <= set(keys)
 
 
+@interpreted
 @pytest.mark.parametrize("bi,inp,hidden,tanh", [(False, 8, 8, False), (True, 6, 4, True), (True, 8, 4, False)])
 def test_module_triton_path_planar_layout_matches_torch(bi, inp, hidden, tanh):
     """The module multiplies with a column-permuted weight so that U comes out planar; same
@@ -111,6 +113,7 @@ def test_module_triton_path_planar_layout_matches_torch(bi, inp, hidden, tanh):
         torch.testing.assert_close(b, a, atol=5e-5, rtol=1e-4)
 
 
+@interpreted
 def test_planar_input_and_gradient_layout():
     from triton_kernels.sru import from_planar, sru_recurrence_triton, to_planar
 
@@ -127,6 +130,7 @@ def test_planar_input_and_gradient_layout():
         sru_recurrence_triton(args["U"], None, args["weight_c"], args["bias"], args["c0"], planar=True, **kw)
 
 
+@interpreted
 def test_mixed_dtypes_bf16_U_with_fp32_input_and_parameters():
     """What autocast produces: U in bf16, the layer input, v, b and c0 in fp32."""
     from triton_kernels.sru import sru_recurrence_triton
@@ -143,6 +147,7 @@ def test_mixed_dtypes_bf16_U_with_fp32_input_and_parameters():
     assert_same(ref, out, atol=5e-2, rtol=5e-2)
 
 
+@interpreted
 @pytest.mark.parametrize("which", ["h_only", "c_only"])
 def test_single_step_and_missing_output_gradients(which):
     """L = 1, and a loss on h alone (grad_c_last is None) or on c alone (grad_h is None)."""
@@ -188,3 +193,133 @@ def test_sru_trains_on_cpu_where_triton_cannot_be_imported(tmp_path):
                           timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == ["ok", "torch", "False"]
+
+
+# ---- CUDA: the compiled kernels (run where a GPU is present) -------------------------------------
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1",
+                          reason="needs a CUDA GPU and compiled kernels (TRITON_INTERPRET unset)")
+
+
+def _cuda_case(L, B, d, bi, k, v1, drop, pad, tanh, dtype, x_dtype=None, seed=0):
+    args, kw = make_inputs(L, B, d, bi, k, v1, drop, pad, dtype=dtype, device="cuda", seed=seed)
+    if x_dtype is not None and args["x"] is not None:
+        args["x"] = args["x"].detach().to(x_dtype).requires_grad_()
+        for name in ("weight_c", "bias", "c0"):
+            args[name] = args[name].detach().to(x_dtype).requires_grad_(args[name].requires_grad)
+    ref_args = {n: (None if t is None else t.detach().double().requires_grad_(t.requires_grad)) for n, t in args.items()}
+    ref_kw = dict(kw, mask_c=None if kw["mask_c"] is None else kw["mask_c"].double())
+    return args, kw, ref_args, ref_kw
+
+
+def _check_against_torch(args, kw, ref_args, ref_kw, tanh, tol):
+    from triton_kernels.sru import sru_recurrence_triton
+    from triton_kernels.torch_fast import sru_recurrence_torch
+
+    assert_same(run(sru_recurrence_torch, ref_args, ref_kw, tanh), run(sru_recurrence_triton, args, kw, tanh),
+                atol=tol, rtol=tol)
+
+
+@cuda
+@pytest.mark.cuda
+def test_cuda_every_autotune_config_with_a_partial_last_block():
+    from triton_kernels import sru as kernels
+
+    saved = [(k, k.configs) for k in (kernels._sru_forward_kernel, kernels._sru_backward_kernel)]
+    try:
+        for config in kernels._configs():
+            for kernel, _ in saved:
+                kernel.configs = [config]
+                kernel.cache = {}
+            # d = 100: no block size divides it; both directions, padding, dropout
+            case = _cuda_case(33, 5, 100, True, 3, False, True, True, False, torch.float32, seed=config.kwargs["BLOCK"])
+            _check_against_torch(*case, tanh=False, tol=3e-5)
+    finally:
+        for kernel, configs in saved:
+            kernel.configs = configs
+            kernel.cache = {}
+
+
+@cuda
+@pytest.mark.cuda
+@pytest.mark.parametrize("L,bi,k,v1,tanh,dtype,x_dtype", [
+    (1, True, 3, False, False, torch.float32, None),
+    (17, False, 4, False, True, torch.float32, None),
+    (17, True, 3, True, False, torch.float32, None),
+    (40, True, 3, False, True, torch.bfloat16, None),
+    (40, True, 4, True, False, torch.float16, None),
+    (40, True, 3, False, False, torch.bfloat16, torch.float32),
+])
+def test_cuda_kernels_options_and_dtypes(L, bi, k, v1, tanh, dtype, x_dtype):
+    tol = 3e-5 if dtype == torch.float32 else 6e-2
+    _check_against_torch(*_cuda_case(L, 6, 72, bi, k, v1, True, True, tanh, dtype, x_dtype), tanh=tanh, tol=tol)
+
+
+@cuda
+@pytest.mark.cuda
+def test_cuda_no_grad_and_missing_output_gradients():
+    from triton_kernels.sru import sru_recurrence_triton
+    from triton_kernels.torch_fast import sru_recurrence_torch
+
+    args, kw = make_inputs(20, 4, 64, True, 3, False, False, True, device="cuda")
+    names = ("U", "x", "weight_c", "bias", "c0")
+    with torch.no_grad():
+        before = torch.cuda.memory_allocated()
+        h, c = sru_recurrence_triton(*(args[n] for n in names), **kw)
+        grown = torch.cuda.memory_allocated() - before
+        ref_h, ref_c = sru_recurrence_torch(*(args[n] for n in names), **kw)
+    torch.testing.assert_close(h, ref_h, atol=3e-5, rtol=1e-4)
+    # h and the last state only: no [L, B, 2d] fp32 state sequence
+    assert grown <= h.numel() * 4 + c.numel() * 4 * 4 + 4096
+    for part in ("h", "c"):
+        wrt = [args[n] for n in names if args[n].requires_grad]
+        grads = []
+        for fn in (sru_recurrence_torch, sru_recurrence_triton):
+            h, c = fn(*(args[n] for n in names), **kw)
+            got = torch.autograd.grad(h.square().sum() if part == "h" else c.square().sum(), wrt, allow_unused=True)
+            grads.append([torch.zeros_like(t) if g is None else g for g, t in zip(got, wrt)])
+        for a, b in zip(*grads):
+            torch.testing.assert_close(b, a, atol=3e-5, rtol=1e-4)
+
+
+@cuda
+@pytest.mark.cuda
+def test_cuda_more_than_2_31_elements():
+    """Offsets past 2^31 elements (int64 addressing): U[L, B, 3, d] in bf16 with L*B*3*d > 2^31."""
+    from triton_kernels.sru import from_planar, sru_recurrence_triton
+    from triton_kernels.torch_fast import sru_recurrence_torch
+
+    L, B, d = 4096, 128, 1408  # 2.2e9 elements of U
+    if torch.cuda.get_device_properties(0).total_memory < 40 * 2**30:
+        pytest.skip("needs 40 GB of GPU memory")
+    g = torch.Generator(device="cuda").manual_seed(0)
+    U = torch.randn(L, B, 3, d, device="cuda", dtype=torch.bfloat16, generator=g).requires_grad_()
+    x = torch.randn(L, B, d, device="cuda", dtype=torch.bfloat16, generator=g).requires_grad_()
+    wc = torch.randn(2 * d, device="cuda", generator=g).requires_grad_()
+    bias = torch.zeros(2 * d, device="cuda").requires_grad_()
+    c0 = torch.zeros(B, d, device="cuda")
+    h, c = sru_recurrence_triton(U, x, wc, bias, c0, d, planar=True)
+    (gU,) = torch.autograd.grad(h[-1, -1].float().sum(), [U])
+    # the last batch rows (the farthest offsets), recomputed alone by the torch path
+    tail_U = from_planar(U.detach()[:, -2:].float()).requires_grad_()
+    ref_h, ref_c = sru_recurrence_torch(tail_U, x.detach()[:, -2:].float(), wc.detach(), bias.detach(), c0[-2:], d)
+    (ref_gU,) = torch.autograd.grad(ref_h[-1, -1].sum(), [tail_U])
+    torch.testing.assert_close(h[:, -2:].float(), ref_h, atol=6e-2, rtol=6e-2)
+    torch.testing.assert_close(c[-2:], ref_c, atol=1e-3, rtol=1e-3)
+    torch.testing.assert_close(from_planar(gU[:, -2:].float()), ref_gU, atol=6e-2, rtol=6e-2)
+
+
+@cuda
+@pytest.mark.cuda
+def test_cuda_autotune_runs_once_for_several_sequence_lengths():
+    from triton_kernels import sru as kernels
+    from triton_kernels.sru import sru_recurrence_triton
+
+    args, kw = make_inputs(16, 3, 48, False, 3, False, False, False, device="cuda")
+    names = ("U", "x", "weight_c", "bias", "c0")
+    sru_recurrence_triton(*(args[n] for n in names), **kw)
+    tuned = len(kernels._sru_forward_kernel.cache)
+    for L in (5, 9, 31):
+        short = dict(args, U=args["U"][:L], x=args["x"][:L])
+        sru_recurrence_triton(*(short[n] for n in names), **kw)
+    assert len(kernels._sru_forward_kernel.cache) == tuned

@@ -96,7 +96,7 @@ def _load_step(U, X, row, col, DD, valid, scale_x, K: tl.constexpr):
     return u0, u1, u2, xp
 
 
-@triton.autotune(configs=_configs(), key=_KEY)
+@triton.autotune(configs=_configs(), key=[*_KEY, "SAVE_C"])
 @triton.jit
 def _sru_forward_kernel(U, X, WC, BIAS, C0, MASK_C, MASK_PAD, H, C_SEQ, C_LAST, scale_x, L, B, D, DIRS,
                         HAS_MASK_C, K: tl.constexpr, HAS_PAD: tl.constexpr, USE_TANH: tl.constexpr,
