@@ -126,7 +126,8 @@ def _train(cfg: DictConfig) -> dict[str, Any]:
     model = instantiate(cfg.model, vocab_size=len(vocab))
     callbacks = _instantiate_group(cfg.get("callbacks"))
     callbacks.append(RunMetadata(_container(cfg.model), _container(cfg.data), vocab.words))
-    loggers = _instantiate_loggers(cfg.get("logger"), wandb_id, resume_step)
+    # fast_dev_run: Lightning logs nothing, and no logger is started either (no W&B run for a smoke test)
+    loggers = [] if cfg.trainer.get("fast_dev_run") else _instantiate_loggers(cfg.get("logger"), wandb_id, resume_step)
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()])
 
     counts = model.parameter_counts()

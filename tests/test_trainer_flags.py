@@ -67,7 +67,7 @@ def test_fast_dev_run_end_to_end(make_cfg, tmp_path):
     assert "ckpt/best" not in metrics  # fast_dev_run writes no checkpoint: the in-memory model is tested
     written = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert written["test/ppl"] == pytest.approx(metrics["test/ppl"])
-    assert not (tmp_path / "run" / "checkpoints").exists()
+    assert not (tmp_path / "run" / "checkpoints").exists() and not (tmp_path / "run" / "csv").exists()  # nor a log
 
 
 @pytest.mark.parametrize("name", sorted(f.stem for f in (CONF / "debug").glob("*.yaml")))
