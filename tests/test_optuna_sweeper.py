@@ -214,6 +214,14 @@ def test_without_optuna_the_plugin_loads_silently_and_a_study_says_how_to_instal
     assert "pip install 'lrnn-lightning[sweep]'" in out
 
 
+def test_the_plugin_modules_import_neither_optuna_nor_torch():
+    # Hydra imports plugin modules on every start and tab completion: they must stay light
+    code = ("import sys, hydra_plugins.lrnn_sweepers.optuna_sweeper, hydra_plugins.lrnn_sweepers._search_space; "
+            "print(sorted(m for m in ('optuna', 'torch', 'lightning', 'sqlalchemy') if m in sys.modules))")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.strip() == "[]", proc.stdout + proc.stderr
+
+
 def test_the_pruning_callback_is_configured_and_idle_outside_a_study(tmp_path):
     from hydra.utils import instantiate
 
