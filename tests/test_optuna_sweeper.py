@@ -235,6 +235,58 @@ def test_the_pruning_callback_is_configured_and_idle_outside_a_study(tmp_path):
     assert "optuna_pruning" not in plain.callbacks
 
 
+def trainer_after_validation(ppl: float, epoch: int):
+    """What the callback reads from a Lightning Trainer at the end of a validation epoch (one process)."""
+    from types import SimpleNamespace
+
+    import torch
+
+    return SimpleNamespace(sanity_checking=False, is_global_zero=True, current_epoch=epoch, should_stop=False,
+                           callback_metrics={"val/ppl": torch.tensor(ppl)},
+                           strategy=SimpleNamespace(broadcast=lambda obj, src=0: obj))
+
+
+def test_pruning_callback_reports_each_epoch_and_stops_a_trial_worse_than_the_median(tmp_path):
+    from lrnn_lightning.callbacks import OptunaPruning
+
+    storage = f"sqlite:///{tmp_path / 'o.db'}"
+    study = optuna.create_study(study_name="s", storage=storage)
+    good = study.ask()
+    for epoch, ppl in enumerate([150.0, 120.0]):
+        good.report(ppl, epoch)
+    study.tell(good, 120.0)
+    trial = study.ask()
+    pruner = {"_target_": "optuna.pruners.MedianPruner", "n_startup_trials": 1, "n_warmup_steps": 1}
+    callback = OptunaPruning(trial_number=trial.number, study_name="s", storage=storage, pruner=pruner)
+
+    first = trainer_after_validation(200.0, epoch=0)
+    callback.on_validation_end(first, None)
+    assert not first.should_stop  # epoch 0 is a warm-up step
+    second = trainer_after_validation(190.0, epoch=1)
+    callback.on_validation_end(second, None)
+    assert second.should_stop
+    [frozen] = study.get_trials(states=(TrialState.RUNNING,))
+    assert frozen.intermediate_values == {0: 200.0, 1: 190.0} and frozen.user_attrs["pruned_at_epoch"] == 1
+    assert callback.metrics == {"optuna/trial": 1.0, "optuna/pruned": 1.0, "optuna/pruned_epoch": 1.0}
+
+
+def test_pruning_callback_does_nothing_outside_a_study_or_for_a_finished_trial(tmp_path):
+    from lrnn_lightning.callbacks import OptunaPruning
+
+    idle = trainer_after_validation(1e9, epoch=5)
+    OptunaPruning(pruner={"_target_": "no.such.Pruner"}).on_validation_end(idle, None)
+    assert not idle.should_stop
+
+    storage = f"sqlite:///{tmp_path / 'o.db'}"
+    study = optuna.create_study(study_name="s", storage=storage)
+    done = study.ask()
+    study.tell(done, 1.0)
+    rerun = OptunaPruning(trial_number=done.number, study_name="s", storage=storage)  # a job run again by hand
+    trainer = trainer_after_validation(1e9, epoch=0)
+    rerun.on_validation_end(trainer, None)
+    assert not trainer.should_stop and study.trials[0].intermediate_values == {}
+
+
 # --- pruning through train.py ---------------------------------------------------------------------
 
 @pytest.mark.slow

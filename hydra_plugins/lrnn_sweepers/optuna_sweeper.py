@@ -12,6 +12,7 @@ Hydra imports every module of ``hydra_plugins`` on each start (and each tab comp
 imports hydra-core alone, and optuna only when a sweep starts.
 """
 
+import functools
 import logging
 import math
 import sys
@@ -80,6 +81,7 @@ def require_optuna() -> Any:
 
 
 def exit_on_sweep_error(fn):
+    @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
@@ -87,7 +89,6 @@ def exit_on_sweep_error(fn):
             print(f"error: {e}", file=sys.stderr, flush=True)
             sys.exit(2)
 
-    wrapper.__name__, wrapper.__doc__ = fn.__name__, fn.__doc__
     return wrapper
 
 
@@ -102,7 +103,7 @@ def open_storage(url: str | None) -> Any:
     if url.startswith("sqlite:///"):
         Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
         return optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 60}})
-    return optuna.storages.RDBStorage(url) if "://" in url else url
+    return optuna.storages.RDBStorage(url)
 
 
 def sqlite_absolute(url: str) -> str:

@@ -82,8 +82,13 @@ class OptunaPruning(L.Callback):
         if not self.active or trainer.sanity_checking:
             return
         prune = False
-        if trainer.is_global_zero:
-            prune = self._report(trainer)
+        if trainer.is_global_zero and self._trial is not False:
+            try:
+                prune = self._report(trainer)
+            except Exception as e:  # the other ranks wait for the decision: never leave them hanging
+                log.error("optuna pruning: cannot report to trial %s of study '%s' (%s: %s); "
+                          "this job goes on unpruned", self.trial_number, self.study_name, type(e).__name__, e)
+                self._trial = False
         prune = bool(trainer.strategy.broadcast(prune, src=0))
         if prune:
             trainer.should_stop = True
@@ -91,8 +96,8 @@ class OptunaPruning(L.Callback):
     def _report(self, trainer: L.Trainer) -> bool:
         if self._trial is None:
             self._trial = self._connect() or False
-        if self._trial is False:
-            return False
+            if self._trial is False:
+                return False
         value = trainer.callback_metrics.get(self.monitor)
         if value is None:
             log.warning("optuna pruning: no '%s' after validation; nothing reported", self.monitor)
