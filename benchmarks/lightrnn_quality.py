@@ -92,7 +92,8 @@ def plot(plt, result: dict):
     width = 0.8 / max(len(moving), 1)
     for j, n in enumerate(moving):
         moved = runs[n]["moved_words_per_round"]
-        bars = ax2.bar([r + 1 - 0.4 + width * (j + 0.5) for r in range(len(moved))], moved, width, label=n, color=f"C{j + 2}")
+        xs = [r + 1 - 0.4 + width * (j + 0.5) for r in range(len(moved))]
+        bars = ax2.bar(xs, moved, width, label=n, color=f"C{j + 2}")
         ax2.bar_label(bars, fontsize=7)
     rounds = max((len(runs[n]["moved_words_per_round"]) for n in moving), default=0)
     ax2.set_xticks(range(1, rounds + 1))

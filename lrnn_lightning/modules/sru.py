@@ -26,9 +26,15 @@ from torch import nn
 BACKENDS = ("auto", "triton", "torch")
 
 
-def _recurrence(backend: str, device: torch.device, dtype: torch.dtype):
+def resolve_backend(backend: str, device: torch.device, dtype: torch.dtype) -> str:
+    """The backend that runs: ``auto`` is Triton on CUDA (but float64), PyTorch elsewhere."""
     if backend == "auto":
-        backend = "triton" if device.type == "cuda" and dtype != torch.float64 else "torch"
+        return "triton" if device.type == "cuda" and dtype != torch.float64 else "torch"
+    return backend
+
+
+def _recurrence(backend: str, device: torch.device, dtype: torch.dtype):
+    backend = resolve_backend(backend, device, dtype)
     if backend == "triton":
         if device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
             raise RuntimeError(f"SRU backend 'triton' needs CUDA tensors, got {device.type}: use backend='torch' or "
@@ -59,6 +65,7 @@ class SRULayer(nn.Module):
         self.output_size = hidden_size * self.num_directions
         self.dropout, self.use_tanh, self.highway_bias = dropout, use_tanh, highway_bias
         self.rescale, self.v1, self.normalize_after, self.backend = rescale, v1, normalize_after, backend
+        self.ran_backend: str | None = None  # what the last forward ran: "triton" or "torch"
         # a factorized W only when it saves something
         self.projection_size = projection_size if 0 < projection_size < min(input_size, self.output_size) else 0
         # the highway term needs a 4th projection when x and h differ in size
@@ -121,7 +128,8 @@ class SRULayer(nn.Module):
         mask_c = None
         if self.training and self.dropout > 0:
             mask_c = x.new_empty(B, self.output_size).bernoulli_(1 - self.dropout).div_(1 - self.dropout)
-        recurrence = _recurrence(self.backend, U.device, U.dtype)
+        self.ran_backend = resolve_backend(self.backend, U.device, U.dtype)  # read by the Dashboard callback
+        recurrence = _recurrence(self.ran_backend, U.device, U.dtype)
         h, c = recurrence(U, residual if self.num_matrices == 3 else None, self.weight_c, self.bias, c0,
                           self.hidden_size, self.bidirectional, self.scale, mask_c, mask_pad, self.use_tanh)
         if self.layer_norm is not None and self.normalize_after:
