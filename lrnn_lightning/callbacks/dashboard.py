@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from lrnn_lightning.atomic import atomic_path, write_text
+from lrnn_lightning.callbacks.reallocation import Reallocation
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +115,7 @@ class Dashboard(L.Callback):
         self._classes: np.ndarray | None = None
         self._classes_done = False
         self._no_matplotlib_said = False
+        self._validated = False  # a validation ended since the last epoch end: val/ppl is this epoch's
 
     # ---- hooks ---------------------------------------------------------------------------------------
     def setup(self, trainer, pl_module, stage: str) -> None:
@@ -129,17 +131,22 @@ class Dashboard(L.Callback):
             self._backend_logged = True
             self._log_backend(trainer, pl_module)
 
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if not trainer.sanity_checking:
+            self._validated = True
+
     def on_train_epoch_end(self, trainer, pl_module) -> None:
+        validated, self._validated = self._validated, False
         if trainer.sanity_checking or trainer.fast_dev_run or (trainer.current_epoch + 1) % self.every_n_epochs:
             return
-        self._log_epoch_metrics(trainer, pl_module)
+        self._log_epoch_metrics(trainer, pl_module, validated)
         if not trainer.is_global_zero:
             return
         self._sample(trainer, pl_module)
         head = getattr(pl_module, "head", None)
         if hasattr(head, "table"):
             self._table(trainer, head)
-        realloc = next((c for c in trainer.callbacks if hasattr(c, "history") and hasattr(c, "rounds")), None)
+        realloc = next((c for c in trainer.callbacks if isinstance(c, Reallocation)), None)
         if realloc is not None and len(realloc.history) > self._rounds_drawn:
             self._rounds_drawn = len(realloc.history)
             self._history(trainer, realloc.history)
@@ -151,13 +158,13 @@ class Dashboard(L.Callback):
         self.samples = list(state_dict.get("samples", []))
 
     # ---- metrics -------------------------------------------------------------------------------------
-    def _log_epoch_metrics(self, trainer, pl_module) -> None:
+    def _log_epoch_metrics(self, trainer, pl_module, validated: bool) -> None:
         values = {}
         optimal = (getattr(trainer.datamodule, "metrics", None) or {}).get("data/optimal_ppl")
         if optimal:
             values["data/optimal_ppl"] = float(optimal)
             ppl = trainer.callback_metrics.get("val/ppl")
-            if ppl is not None:
+            if ppl is not None and validated:
                 values["val/ppl_over_optimal"] = float(ppl) / float(optimal)
         for key, value in values.items():
             # equal on every rank: sync_dist only averages equals (and keeps Lightning's DDP check quiet)
@@ -227,10 +234,12 @@ class Dashboard(L.Callback):
         return self._classes
 
     def _table(self, trainer, head) -> None:
+        vocab = getattr(trainer.datamodule, "vocab", None)
+        if vocab is None:
+            return
         table, epoch, step = head.table, trainer.current_epoch, trainer.global_step
         word_at = table.word_at().cpu().numpy()
         classes = self._word_classes(trainer)
-        vocab = trainer.datamodule.vocab
         data = self._rows(word_at.reshape(table.rows, table.cols), table, vocab.words, classes, epoch)
         columns = ["epoch", "row", "words (most frequent first)"] + (["top class share"] if classes is not None else [])
         for lg in trainer.loggers:
