@@ -81,7 +81,8 @@ def plot(plt, result: dict):
         bars = ax.bar([i + offset for i in x], [runs[n]["metrics"].get(key, float("nan")) for n in names], 0.4,
                       label=key, color=colour)
         ax.bar_label(bars, fmt="%.0f", fontsize=8)
-    optimal = next((r["metrics"]["data/optimal_ppl"] for r in runs.values() if "data/optimal_ppl" in r["metrics"]), None)
+    optimal = next((r["metrics"]["data/optimal_ppl"] for r in runs.values() if "data/optimal_ppl" in r["metrics"]),
+                   None)
     if optimal:
         ax.axhline(optimal, color="k", ls="--", label=f"optimal {optimal:.1f}")
     ax.set_xticks(list(x), [n.replace("_", "\n", 1) for n in names], fontsize=8)

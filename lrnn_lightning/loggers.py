@@ -139,7 +139,8 @@ def wandb_logger(save_dir: str, project: str = "lrnn-lightning", offline: bool |
         rank_zero_info(f"W&B: {why}; logging offline under {save_dir}/wandb. "
                        f"Upload later with: wandb sync {save_dir}/wandb/offline-run-*")
     elif mode == "online":
-        rank_zero_info(f"W&B: online ({wandb_base_url()}), credentials from {wandb_credentials() or 'WANDB_MODE=online'}")
+        source = wandb_credentials() or "none (WANDB_MODE=online)"
+        rank_zero_info(f"W&B: online ({wandb_base_url()}), credentials from {source}")
     kwargs = {k: v for k, v in kwargs.items() if v is not None}
     # the mode goes to wandb.init: Lightning's own offline=True refuses log_model (and sets WANDB_MODE
     # for the whole process), yet an offline run keeps its artifacts for `wandb sync`

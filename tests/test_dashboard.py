@@ -232,3 +232,27 @@ def test_without_matplotlib_the_run_goes_on_without_pictures(make_cfg, tmp_path,
     assert (run / "samples" / "epoch_000.txt").is_file()
     assert not math.isnan(float(next(r for r in csv.DictReader(open(run / "csv" / "metrics.csv"))
                                      if r.get("val/ppl_over_optimal"))["val/ppl_over_optimal"]))
+
+
+@pytest.mark.parametrize("script,names", [
+    ("default_run", ["default_run"]),
+    ("lightsru_speed", ["lightsru_speed"]),
+    ("lightrnn_quality", [f"lightrnn_quality_{w}" for w in ("synthetic", "ptb", "lightsru_synthetic", "lightsru_ptb")]),
+])
+def test_benchmark_plots_draw_from_their_committed_json(script, names, tmp_path, monkeypatch):
+    import importlib
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from conftest import ROOT
+
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    module = importlib.import_module(script)
+    for name in names:
+        fig = module.plot(plt, json.loads((ROOT / "benchmarks" / "results" / f"{name}.json").read_text()))
+        fig.savefig(tmp_path / f"{name}.png")
+        plt.close(fig)
+        assert (tmp_path / f"{name}.png").read_bytes()[:4] == b"\x89PNG"

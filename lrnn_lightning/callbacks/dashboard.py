@@ -173,7 +173,8 @@ class Dashboard(L.Callback):
             peak = torch.cuda.max_memory_allocated(pl_module.device) / 2 ** 20
             pl_module.log("gpu/max_memory_allocated_mb", peak, on_step=False, on_epoch=True, sync_dist=True,
                           reduce_fx="max")
-            self.metrics["gpu/max_memory_allocated_mb"] = max(peak, self.metrics.get("gpu/max_memory_allocated_mb", 0.0))
+            key = "gpu/max_memory_allocated_mb"
+            self.metrics[key] = max(peak, self.metrics.get(key, 0.0))
 
     def _log_backend(self, trainer, pl_module) -> None:
         from lrnn_lightning.modules.sru import SRULayer
@@ -183,6 +184,8 @@ class Dashboard(L.Callback):
             return
         backend = ran[0] if len(set(ran)) == 1 else ",".join(ran)
         self.metrics["model/sru_backend"] = backend
+        if not trainer.is_global_zero:
+            return
         log.info("SRU backend that ran: %s (per layer: %s)", backend, ", ".join(ran))
         params = {"model/sru_backend": backend, "model/sru_backend_per_layer": ran}
         for lg in trainer.loggers:
@@ -268,7 +271,8 @@ class Dashboard(L.Callback):
         out = []
         for r in list(dict.fromkeys(first.tolist()))[: self.rows_shown]:
             ids = np.sort(grid[r][grid[r] >= 0])
-            shown = " ".join(words[w] + (f"/c{classes[w]}" if classes is not None else "") for w in ids[: self.words_per_row])
+            labels = [words[w] + (f"/c{classes[w]}" if classes is not None else "") for w in ids[: self.words_per_row]]
+            shown = " ".join(labels)
             row = [epoch, r, shown]
             if classes is not None:
                 row.append(round(float(np.bincount(classes[ids] + 1).max() / max(len(ids), 1)), 3))
