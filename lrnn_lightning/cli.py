@@ -16,8 +16,9 @@ import hydra
 from omegaconf import DictConfig
 
 from lrnn_lightning.errors import user_errors
-
-# torch and Lightning are imported when a task runs, so that --help and --cfg answer at once
+# Lightning is imported before Hydra sets up logging, as it always was: its loggers then keep their own
+# handler (one line per message, not also copied by the root handlers Hydra adds)
+from lrnn_lightning.run import evaluate, generate, train
 
 
 def config_dir() -> Path:
@@ -31,21 +32,15 @@ def config_dir() -> Path:
 
 def train_task(cfg: DictConfig) -> Any:
     """Train; returns the value a sweeper (Optuna, ...) minimizes: ``optimized_metric`` (val/ppl)."""
-    from lrnn_lightning.run import train
-
     metrics = train(cfg)
     return metrics.get(cfg.get("optimized_metric") or "val/ppl")
 
 
 def eval_task(cfg: DictConfig) -> None:
-    from lrnn_lightning.run import evaluate
-
     evaluate(cfg)
 
 
 def generate_task(cfg: DictConfig) -> None:
-    from lrnn_lightning.run import generate
-
     generate(cfg)
 
 
