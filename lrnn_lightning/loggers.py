@@ -111,7 +111,7 @@ def sweep_identity(tags: list[str] | None = None) -> dict:
         return {}
     hc = HydraConfig.get()
     sweep = Path(hc.sweep.dir).name
-    overrides = [o for o in hc.overrides.task if not o.startswith(("hydra.", "paths."))]
+    overrides = [o for o in hc.overrides.task if not o.lstrip("+").startswith(("hydra.", "paths.", "optuna_trial."))]
     return {"group": sweep, "name": f"{sweep}/{hc.job.num}",
             "tags": list(dict.fromkeys([*(tags or []), *(o[:64] for o in overrides)]))}
 
