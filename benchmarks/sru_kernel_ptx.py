@@ -42,23 +42,6 @@ def _old_module():
     return module
 
 
-def _compile(fn, types: dict, constants: dict, arch: int, num_warps: int, num_stages: int):
-    import triton
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
-
-    signature, constexprs, attrs = {}, {}, {}
-    for i, name in enumerate(fn.arg_names):
-        if name in constants:
-            signature[name], constexprs[(i,)] = "constexpr", constants[name]
-        else:
-            signature[name] = types[name]
-            if types[name].startswith("*") or name == "D":
-                attrs[(i,)] = [["tt.divisibility", 16]]
-    return triton.compile(ASTSource(fn, signature, constexprs, attrs), target=GPUTarget("cuda", arch, 32),
-                          options={"num_warps": num_warps, "num_stages": num_stages}).asm
-
-
 def loop_stats(ptx: str) -> dict:
     """Counts inside the time loop and how many steps of loads are issued before it starts."""
     lines = [line.strip() for line in ptx.splitlines()]
@@ -118,7 +101,7 @@ def main() -> None:
                          "BLOCK": 128}
             if kernel == "forward":
                 constants["SAVE_C"] = True
-            asm = _compile(fn, types, constants, arch, 4, 3)
+            asm = aot.compile_jit(fn, types, constants, arch, 4, 3).asm
             old = {**loop_stats(asm["ptx"]), **aot.resource_usage(asm["cubin"])}
             # after: the default variant at each autotune config
             for block, warps, stages in after.CONFIGS:

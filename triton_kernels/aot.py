@@ -77,8 +77,8 @@ def variants(all_configs: bool = False) -> list[Variant]:
     return out
 
 
-def _signature(fn, v: Variant) -> tuple[dict, dict, dict]:
-    """Triton's signature, constexprs and attributes for variant ``v`` of kernel ``fn``."""
+def _signature(v: Variant) -> tuple[dict, dict]:
+    """The argument types and the constexpr values of variant ``v``."""
     u, x = f"*{v.u_dtype}", f"*{v.x_dtype}"
     types = {
         "U": u, "X": x, "WC": "*fp32", "BIAS": "*fp32", "C0": "*fp32", "MASK_C": "*fp32",
@@ -96,18 +96,32 @@ def _signature(fn, v: Variant) -> tuple[dict, dict, dict]:
         constants["DIRS"] = 1
     if v.seq_len_one:
         constants["L"] = 1
-    names = fn.arg_names
+    return types, constants
+
+
+def compile_jit(fn, types: dict, constants: dict, arch: int, num_warps: int, num_stages: int,
+                divisible: tuple = ("D",)):
+    """``fn`` (a ``@triton.jit`` function) compiled for ``sm_<arch>`` as the JIT would on that GPU:
+    arguments named in ``constants`` become constexprs, the others take their ``types``; pointers
+    (torch allocations are 16-byte aligned) and the integers named in ``divisible`` get the JIT's
+    multiple-of-16 specialization. Returns the compiled kernel (``.asm``: ttir ... ptx, cubin)."""
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        raise RuntimeError("triton_kernels.aot cannot run under TRITON_INTERPRET=1: unset it")
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
     signature, constexprs, attrs = {}, {}, {}
-    for i, name in enumerate(names):
+    for i, name in enumerate(fn.arg_names):
         if name in constants:
             signature[name] = "constexpr"
             constexprs[(i,)] = constants[name]
             continue
         signature[name] = types[name]
-        # torch allocations are 16-byte aligned; the JIT marks such pointers and multiples of 16
-        if types[name].startswith("*") or (name == "D" and v.d_div16):
+        if types[name].startswith("*") or name in divisible:
             attrs[(i,)] = [["tt.divisibility", 16]]
-    return signature, constexprs, attrs
+    return triton.compile(ASTSource(fn, signature, constexprs, attrs), target=GPUTarget("cuda", arch, 32),
+                          options={"num_warps": num_warps, "num_stages": num_stages})
 
 
 def _cuobjdump() -> str:
@@ -161,21 +175,15 @@ class Result:
 
 def compile_variant(v: Variant, arch: int, keep_asm: bool = False):
     """Compile ``v`` for ``sm_<arch>``; returns (Result, asm dict or None)."""
-    if os.environ.get("TRITON_INTERPRET") == "1":
-        raise RuntimeError("triton_kernels.aot cannot run under TRITON_INTERPRET=1: unset it")
-    import triton
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
-
     from triton_kernels import sru
 
     kernel = sru._sru_forward_kernel if v.kernel == "forward" else sru._sru_backward_kernel
-    fn = kernel.fn  # the autotuner wraps the JIT function
-    signature, constexprs, attrs = _signature(fn, v)
+    types, constants = _signature(v)
     start = time.perf_counter()
     try:
-        compiled = triton.compile(ASTSource(fn, signature, constexprs, attrs), target=GPUTarget("cuda", arch, 32),
-                                  options={"num_warps": v.num_warps, "num_stages": v.stages})
+        # the autotuner wraps the JIT function
+        compiled = compile_jit(kernel.fn, types, constants, arch, v.num_warps, v.stages,
+                               divisible=("D",) if v.d_div16 else ())
     except Exception as exc:  # noqa: BLE001 - reported per variant
         return Result(v.name, arch, time.perf_counter() - start, False, f"{type(exc).__name__}: {exc}"[:2000]), None
     result = Result(v.name, arch, time.perf_counter() - start, True, usage=resource_usage(compiled.asm["cubin"]),
