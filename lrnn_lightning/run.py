@@ -21,6 +21,7 @@ from lrnn_lightning.callbacks import RunMetadata, TokensPerSecond
 from lrnn_lightning.checkpoint import (AtomicCheckpointIO, check_same_vocab, checkpoint_vocab, load_language_model,
                                        read_checkpoint, resolve_ckpt_path)
 from lrnn_lightning.errors import UserError, user_errors  # noqa: F401 - user_errors: the entry points' wrapper
+from lrnn_lightning.generation import generate_words
 from lrnn_lightning.loggers import finish_wandb
 
 log = logging.getLogger(__name__)
@@ -213,20 +214,3 @@ def generate(cfg: DictConfig) -> str:
     write_text(output_dir(cfg) / "generated.txt", text + "\n")
     print(text, flush=True)
     return text
-
-
-@torch.no_grad()
-def generate_words(model, vocab, prompt: list[str], num_words: int, temperature: float, generator) -> list[str]:
-    device = next(model.parameters()).device
-    ids = [vocab.eos_id] + vocab.encode(prompt)
-    state = None
-    if len(ids) > 1:
-        context = torch.tensor(ids[:-1], device=device)[:, None]
-        _, state = model.head.log_probs(model.core, context, None)
-    prev = torch.tensor([ids[-1]], device=device)
-    out = []
-    for _ in range(num_words):
-        nxt, state = model.head.sample(model.core, prev, state, temperature, generator)
-        out.append(int(nxt[0]))
-        prev = nxt
-    return vocab.decode(out)

@@ -196,7 +196,7 @@ class Dashboard(L.Callback):
 
     # ---- a generated sample --------------------------------------------------------------------------
     def _sample(self, trainer, pl_module) -> None:
-        from lrnn_lightning.run import generate_words
+        from lrnn_lightning.generation import generate_words
 
         vocab = getattr(trainer.datamodule, "vocab", None)
         head = getattr(pl_module, "head", None)
