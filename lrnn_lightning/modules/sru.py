@@ -145,9 +145,7 @@ class SRULayer(nn.Module):
         if self.training and self.dropout > 0:
             mask_c = x.new_empty(B, self.output_size).bernoulli_(1 - self.dropout).div_(1 - self.dropout)
         highway = residual if self.num_matrices == 3 else None
-        # the dtype U will have (autocast makes the product bf16/fp16)
-        u_dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else flat.dtype
-        self.last_backend = resolve_backend(self.backend, x.device, u_dtype)
+        self.last_backend = resolve_backend(self.backend, x.device, flat.dtype)
         if self.last_backend == "triton":
             from triton_kernels.sru import planar_weight, sru_recurrence_triton
 
