@@ -10,7 +10,9 @@ For each model, the two arms run alternately, ``--repeats`` times each, in fresh
   progress bar, reallocation, model summary) and the CSV logger, plus a callback that records the
   time at each training batch end;
 - ``plain``: ``benchmarks/plain_loop.py`` over the same config (same modules, data stream,
-  optimizer, seed).
+  optimizer, seed);
+- ``plain_keep_freed_memory``: the same plain loop with glibc's malloc set as ``train.py``'s
+  ``HostMemory`` callback sets it (what is left of the tax once the allocator is alike).
 
 Tokens per second are taken over the steps after ``--warmup`` (steady state: no start-up, no
 validation, no checkpoint), wall clock and the process's CPU time; the ratio is ours / plain of
@@ -26,6 +28,7 @@ Writes benchmarks/results/framework_tax.json and .png.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import resource
@@ -59,10 +62,10 @@ class StepTimer(L.Callback):
         Path(self.path).write_text(json.dumps(self.times))
 
 
-def rates(wall: list[float], cpu: list[float], warmup: int, tokens_per_step: int) -> dict:
+def rates(wall: list[float], cpu: list[float], faults: list[int], warmup: int, tokens_per_step: int) -> dict:
     """Tokens per second between the end of step ``warmup`` and the end of the last step."""
     steps = len(wall) - warmup
-    return {"timed_steps": steps,
+    return {"timed_steps": steps, "page_faults_per_step": (faults[-1] - faults[warmup - 1]) / steps,
             "ms_per_step": 1000 * (wall[-1] - wall[warmup - 1]) / steps,
             "tokens_per_sec": tokens_per_step * steps / (wall[-1] - wall[warmup - 1]),
             "cpu_ms_per_step": 1000 * (cpu[-1] - cpu[warmup - 1]) / steps,
@@ -96,7 +99,7 @@ def run_ours(model: str, args, work: Path, steps: int | None, epochs: int, valid
     if proc.returncode != 0:
         sys.exit(f"ours failed:\n{proc.stderr[-4000:]}")
     t = json.loads(times.read_text())
-    out = rates(t["wall"], t["cpu"], args.warmup, 20 * 35)
+    out = rates(t["wall"], t["cpu"], t["faults"], args.warmup, 20 * 35)
     metrics = json.loads((run_dir / "metrics.json").read_text())
     if validate:
         out["val_ppl"] = metrics["val/ppl"]
@@ -104,10 +107,12 @@ def run_ours(model: str, args, work: Path, steps: int | None, epochs: int, valid
     return out
 
 
-def run_plain(model: str, args, work: Path, steps: int | None, epochs: int, validate: bool) -> dict:
+def run_plain(model: str, args, work: Path, steps: int | None, epochs: int, validate: bool,
+              keep_freed_memory: bool = False) -> dict:
     result = work / f"plain_{model}_{time.monotonic_ns()}.json"
     cmd = [sys.executable, str(ROOT / "benchmarks" / "plain_loop.py"), *overrides(model, args.data_root, work),
-           f"epochs={epochs}", f"out={result}", f"validate={str(validate).lower()}"]
+           f"epochs={epochs}", f"out={result}", f"validate={str(validate).lower()}",
+           f"keep_freed_memory={str(keep_freed_memory).lower()}"]
     if steps is not None:
         cmd.append(f"steps={steps}")
     proc = subprocess.run(cmd, cwd=work, env=env(args.threads), stdin=subprocess.DEVNULL, capture_output=True,
@@ -115,7 +120,7 @@ def run_plain(model: str, args, work: Path, steps: int | None, epochs: int, vali
     if proc.returncode != 0:
         sys.exit(f"plain failed:\n{proc.stderr[-4000:]}")
     r = json.loads(result.read_text())
-    out = rates(r["wall"], r["cpu"], args.warmup, 20 * 35)
+    out = rates(r["wall"], r["cpu"], r["faults"], args.warmup, 20 * 35)
     if validate:
         out["val_ppl"] = r["val_ppl"]
     out["train_loss"] = r["train_loss"]
@@ -135,6 +140,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=None, help="OMP_NUM_THREADS of both arms (default: torch's)")
     ap.add_argument("--full-epochs", type=int, default=0, help="also train each arm this many whole epochs")
+    ap.add_argument("--no-malloc-arm", dest="malloc_arm", action="store_false",
+                    help="leave out the third arm: the plain loop with train.py's allocator setting")
     args = ap.parse_args()
     if args.warmup < 1 or args.steps <= args.warmup:
         sys.exit("need 1 <= --warmup < --steps")
@@ -143,29 +150,39 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         for model in args.models:
-            runs: dict[str, list[dict]] = {"ours": [], "plain": []}
+            arms = {"ours": run_ours, "plain": run_plain,
+                    "plain_keep_freed_memory": functools.partial(run_plain, keep_freed_memory=True)}
+            if not args.malloc_arm:
+                del arms["plain_keep_freed_memory"]
+            runs: dict[str, list[dict]] = {arm: [] for arm in arms}
             for i in range(args.repeats):
-                # alternate which arm goes first, so a drift in the machine's load hits both alike
-                order = ("ours", "plain") if i % 2 == 0 else ("plain", "ours")
+                # rotate which arm goes first, so a drift in the machine's load hits all alike
+                order = list(arms)[i % len(arms):] + list(arms)[:i % len(arms)]
                 for arm in order:
-                    fn = run_ours if arm == "ours" else run_plain
-                    r = fn(model, args, work, args.steps, 1, validate=(i == 0))
+                    r = arms[arm](model, args, work, args.steps, 1, validate=(i == 0))
                     runs[arm].append(r)
                     print(f"{model} {arm} #{i}: {json.dumps(r)}", flush=True)
             row = {arm: {"runs": rs, "median_tokens_per_sec": median(rs, "tokens_per_sec"),
                          "median_ms_per_step": median(rs, "ms_per_step"),
                          "median_tokens_per_cpu_sec": median(rs, "tokens_per_cpu_sec"),
+                         "median_page_faults_per_step": median(rs, "page_faults_per_step"),
                          "val_ppl": rs[0].get("val_ppl")} for arm, rs in runs.items()}
             row["ratio_tokens_per_sec"] = row["ours"]["median_tokens_per_sec"] / row["plain"]["median_tokens_per_sec"]
             row["ratio_tokens_per_cpu_sec"] = (row["ours"]["median_tokens_per_cpu_sec"]
                                                / row["plain"]["median_tokens_per_cpu_sec"])
+            if "plain_keep_freed_memory" in row:
+                same = row["plain_keep_freed_memory"]
+                row["ratio_to_plain_keep_freed_memory"] = {
+                    "tokens_per_sec": row["ours"]["median_tokens_per_sec"] / same["median_tokens_per_sec"],
+                    "tokens_per_cpu_sec": row["ours"]["median_tokens_per_cpu_sec"] / same["median_tokens_per_cpu_sec"]}
             if args.full_epochs:
                 row["full"] = {arm: fn(model, args, work, None, args.full_epochs, validate=True)
                                for arm, fn in (("ours", run_ours), ("plain", run_plain))}
             result["models"][model] = row
             print(f"{model}: ours/plain tokens/s {row['ratio_tokens_per_sec']:.3f} (wall), "
                   f"{row['ratio_tokens_per_cpu_sec']:.3f} (CPU time); val/ppl ours {row['ours']['val_ppl']:.3f} "
-                  f"plain {row['plain']['val_ppl']:.3f}", flush=True)
+                  f"plain {row['plain']['val_ppl']:.3f}; against the plain loop with the same allocator setting: "
+                  f"{row.get('ratio_to_plain_keep_freed_memory')}", flush=True)
     result["load_average_end"] = os.getloadavg()
     write_result("framework_tax", result, plot=lambda plt: plot(plt, result))
 
@@ -174,10 +191,12 @@ def plot(plt, result: dict):
     models = list(result["models"])
     fig, ax = plt.subplots(1, 2, figsize=(9, 3.5))
     for k, (key, label) in enumerate((("tokens_per_sec", "tokens/s (wall)"), ("tokens_per_cpu_sec", "tokens / CPU s"))):
-        for j, arm in enumerate(("ours", "plain")):
-            xs = [i + (j - 0.5) * 0.35 for i in range(len(models))]
+        arms = [a for a in ("ours", "plain", "plain_keep_freed_memory") if a in result["models"][models[0]]]
+        width = 0.8 / len(arms)
+        for j, arm in enumerate(arms):
+            xs = [i + (j - (len(arms) - 1) / 2) * width for i in range(len(models))]
             ys = [result["models"][m][arm][f"median_{key}"] for m in models]
-            ax[k].bar(xs, ys, width=0.35, label=arm)
+            ax[k].bar(xs, ys, width=width, label=arm)
             for m, x in zip(models, xs):
                 ax[k].scatter([x] * len(result["models"][m][arm]["runs"]),
                               [r[key] for r in result["models"][m][arm]["runs"]], color="k", s=8, zorder=3)

@@ -10,8 +10,9 @@ draws), so that with the same seed it computes what ``train.py`` computes: the s
 the same steps, the same validation perplexity.
 
 Arguments are Hydra overrides of ``conf/train.yaml`` plus ``steps=N`` (training windows per
-epoch; default: all), ``epochs=N`` (default 1), ``validate=true|false`` and ``out=<file>`` (the
-result as JSON, with the wall and CPU time at the end of every step).
+epoch; default: all), ``epochs=N`` (default 1), ``validate=true|false``, ``keep_freed_memory=true``
+(glibc's malloc set as ``train.py`` sets it: ``lrnn_lightning.callbacks.HostMemory``) and
+``out=<file>`` (the result as JSON, with the wall time, CPU time and page faults at every step end).
 """
 
 from __future__ import annotations
@@ -129,10 +130,17 @@ def evaluate(model: Model, windows) -> float:
     return float(total) / max(count, 1)
 
 
-def run(overrides: list[str], steps: int | None = None, epochs: int = 1, validate: bool = True) -> dict:
+def run(overrides: list[str], steps: int | None = None, epochs: int = 1, validate: bool = True,
+        keep_freed_memory: bool = False) -> dict:
     """Train as ``train.py`` with ``trainer.max_epochs=epochs trainer.limit_train_batches=steps``
-    would; ``val_ppl`` is the best epoch's (the checkpoint ``train.py`` reports)."""
+    would; ``val_ppl`` is the best epoch's (the checkpoint ``train.py`` reports).
+    ``keep_freed_memory``: glibc's malloc set as ``train.py``'s ``HostMemory`` callback sets it."""
     from hydra.utils import instantiate
+
+    if keep_freed_memory:
+        from lrnn_lightning.callbacks.memory import keep_freed_memory as keep
+
+        keep()
 
     cfg = compose(overrides)
     model, data, optimizer = build(cfg)
@@ -154,10 +162,11 @@ def run(overrides: list[str], steps: int | None = None, epochs: int = 1, validat
 
 
 def main() -> None:
-    args = dict(a.split("=", 1) for a in sys.argv[1:] if a.split("=", 1)[0] in ("steps", "epochs", "out", "validate"))
+    ours = ("steps", "epochs", "out", "validate", "keep_freed_memory")
+    args = dict(a.split("=", 1) for a in sys.argv[1:] if a.split("=", 1)[0] in ours)
     overrides = [a for a in sys.argv[1:] if a.split("=", 1)[0] not in args]
     result = run(overrides, int(args["steps"]) if "steps" in args else None, int(args.get("epochs", 1)),
-                 args.get("validate", "true") == "true")
+                 args.get("validate", "true") == "true", args.get("keep_freed_memory", "false") == "true")
     text = json.dumps(result)
     if "out" in args:
         Path(args["out"]).write_text(text)
