@@ -22,7 +22,7 @@ seed both arms must give the same validation perplexity. The setting is the pyto
 clip 0.25, batch 20 x 35. ``--full-epochs N`` adds one run of each arm over N whole epochs (the
 perplexity check at full quality; slow).
 
-Writes benchmarks/results/framework_tax.json and .png.
+Writes benchmarks/results/framework_tax.json and .png (``framework_tax_threads<N>`` with ``--threads``).
 """
 
 from __future__ import annotations
@@ -184,7 +184,8 @@ def main() -> None:
                   f"plain {row['plain']['val_ppl']:.3f}; against the plain loop with the same allocator setting: "
                   f"{row.get('ratio_to_plain_keep_freed_memory')}", flush=True)
     result["load_average_end"] = os.getloadavg()
-    write_result("framework_tax", result, plot=lambda plt: plot(plt, result))
+    name = "framework_tax" if args.threads is None else f"framework_tax_threads{args.threads}"
+    write_result(name, result, plot=lambda plt: plot(plt, result))
 
 
 def plot(plt, result: dict):
