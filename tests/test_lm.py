@@ -94,3 +94,71 @@ def test_resume_from_last_ckpt_continues_at_the_right_epoch_with_the_same_state(
         torch.testing.assert_close(a["state_dict"][k], b["state_dict"][k], rtol=0, atol=0)
     assert resumed["val/ppl"] == pytest.approx(straight["val/ppl"], rel=1e-9)
     assert a["optimizer_states"][0]["param_groups"][0]["lr"] == b["optimizer_states"][0]["param_groups"][0]["lr"]
+
+
+class RecordLosses:
+    """Training-step losses as the LanguageModel returned them (Lightning's ``outputs``)."""
+
+    def __init__(self):
+        import lightning as L
+
+        outer = self
+        self.losses: list[float] = []
+
+        class _CB(L.Callback):
+            def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+                outer.losses.append(float(outputs["loss"]))
+
+        self.callback = _CB()
+
+
+def test_train_loss_is_logged_at_logging_steps_as_the_mean_of_the_steps_since(make_cfg, tmp_path, monkeypatch):
+    import csv
+
+    import lrnn_lightning.run as run
+
+    recorder = RecordLosses()
+    original = run._instantiate_group
+    monkeypatch.setattr(run, "_instantiate_group", lambda group: [*original(group), recorder.callback])
+    # 2000 tokens, batch 8, bptt 10: 25 steps an epoch; logging every 4 steps crosses the epoch boundary
+    train(make_cfg([*TINY, "logger=csv", "data.corpus.train_tokens=2000", "trainer.log_every_n_steps=4",
+                    "test=false"]))
+    with open(tmp_path / "run" / "csv" / "metrics.csv", newline="") as f:
+        rows = [r for r in csv.DictReader(f) if r.get("train/loss")]
+    losses = recorder.losses
+    assert len(losses) == 50
+    # one row every 4 steps (Lightning's step index is the step count before the logging step's update)
+    assert [int(r["step"]) for r in rows] == list(range(3, 50, 4))
+    for k, r in enumerate(rows):
+        window = losses[4 * k : 4 * k + 4]
+        assert float(r["train/loss"]) == pytest.approx(sum(window) / len(window), rel=1e-6)
+        assert float(r["train/tokens_per_sec"]) > 0 and float(r["train/lr"]) > 0
+
+
+def test_tokens_per_second_leaves_validation_out(monkeypatch):
+    from types import SimpleNamespace
+
+    import lrnn_lightning.callbacks.throughput as throughput
+
+    clock = {"now": 0.0}
+    monkeypatch.setattr(throughput.time, "perf_counter", lambda: clock["now"])
+    logged = []
+    module = SimpleNamespace(log=lambda name, value: logged.append((name, value)))
+    trainer = SimpleNamespace(world_size=2, sanity_checking=False, loggers=[],
+                              _logger_connector=SimpleNamespace(should_update_logs=False))
+    batch = (None, torch.zeros(10, 4))  # 40 tokens per process
+    cb = throughput.TokensPerSecond()
+    cb.on_train_start(trainer, module)
+    for t in (1.0, 2.0):  # two steps of one second
+        clock["now"] = t
+        cb.on_train_batch_start(trainer, module, batch, 0)
+        cb.on_train_batch_end(trainer, module, None, batch, 0)
+    cb.on_validation_start(trainer, module)
+    clock["now"] = 30.0  # validation and a checkpoint save: 28 s
+    cb.on_train_batch_start(trainer, module, batch, 2)
+    clock["now"] = 31.0
+    trainer._logger_connector.should_update_logs = True
+    cb.on_train_batch_end(trainer, module, None, batch, 2)
+    assert logged == [("train/tokens_per_sec", 80.0)]  # 3 steps x 80 tokens in 3 s
+    cb.on_train_epoch_end(trainer, module)
+    assert cb.epoch_tokens_per_sec == 80.0

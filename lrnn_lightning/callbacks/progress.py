@@ -6,11 +6,28 @@ import time
 from lightning.pytorch.callbacks import ProgressBar, RichProgressBar
 
 
-def auto_progress_bar(lines_per_epoch: int = 10) -> ProgressBar:
+def auto_progress_bar(lines_per_epoch: int = 10, updates_per_second: float = 4.0) -> ProgressBar:
     """A rich progress bar in a terminal; plain log lines when output goes to a file or pipe."""
     if sys.stdout.isatty():
-        return RichProgressBar()
+        return ThrottledRichProgressBar(updates_per_second)
     return PlainProgressBar(lines_per_epoch)
+
+
+class ThrottledRichProgressBar(RichProgressBar):
+    """Lightning's rich bar, redrawn (and its metrics read, which syncs with the GPU) at most
+    ``updates_per_second`` times a second during training instead of after every batch."""
+
+    def __init__(self, updates_per_second: float = 4.0, **kwargs):
+        super().__init__(**kwargs)
+        self._interval = 1.0 / updates_per_second if updates_per_second > 0 else 0.0
+        self._drawn = float("-inf")
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        now = time.monotonic()
+        if now - self._drawn < self._interval and batch_idx + 1 < self.total_train_batches:
+            return
+        self._drawn = now
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
 
 
 def _fmt(metrics: dict) -> str:

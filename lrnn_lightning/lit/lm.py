@@ -17,6 +17,14 @@ from lrnn_lightning.modules.state import detach_state
 from lrnn_lightning.resume import gather_ranks, to_device, windows_done
 
 TRAIN_STATE_KEY = "lrnn_train_state"  # checkpoint key of the per-rank carried state and partial sums
+LOG_WINDOW_KEY = "lrnn_log_window"  # per rank: [loss sum, steps] since train/loss was last logged
+
+
+def is_logging_step(trainer) -> bool:
+    """Whether Lightning sends step metrics to the loggers at the end of the current training
+    batch (every ``trainer.log_every_n_steps`` optimizer steps, and when the run stops)."""
+    connector = getattr(trainer, "_logger_connector", None)
+    return bool(connector is not None and connector.should_update_logs)
 
 
 class LanguageModel(L.LightningModule):
@@ -29,6 +37,11 @@ class LanguageModel(L.LightningModule):
     A checkpoint saved mid-epoch carries, per rank, the training hidden state, the epoch's partial
     loss sums and the random streams; a run resumed from it continues exactly (see
     ``lrnn_lightning.resume``).
+
+    The training step does no host work beyond the step itself: no ``.item()``, no per-step
+    ``self.log``. ``train/loss`` is the mean loss of the steps since it was last logged, summed on
+    the device and logged (with ``train/lr``) only at the steps Lightning sends to the loggers
+    (``trainer.log_every_n_steps``); that running sum travels through checkpoints too.
     """
 
     def __init__(
@@ -55,10 +68,12 @@ class LanguageModel(L.LightningModule):
         self.scheduler_monitor = scheduler_monitor
         self._state: dict[str, Any] = {}
         self._sums: dict[str, torch.Tensor] = {}
+        self._log_window: torch.Tensor | None = None  # [loss sum, steps] since train/loss was last logged
         self.epoch_metrics: dict[str, float] = {}
         # read from a checkpoint by on_load_checkpoint, applied by on_train_start
         self._resumed_rng: dict | None = None
         self._resumed_train: dict | None = None
+        self._resumed_window: torch.Tensor | None = None
         # the restored mid-epoch state must survive the epoch-start hook of the epoch it belongs to
         self._keep_train_state = False
 
@@ -74,8 +89,15 @@ class LanguageModel(L.LightningModule):
         inputs, targets = batch
         nll, state = self.head(self.core, inputs, targets, self._state.get(split))
         self._state[split] = detach_state(state)
-        total, count = nll.sum(), (targets >= 0).sum()
-        self._sums[split] += torch.stack([total.detach().double(), count.double()])
+        total = nll.sum()
+        if split == "train":  # training windows are never padded: no count to reduce on the device
+            count = targets.numel()
+            sums = self._sums[split]
+            sums[0] += total.detach()
+            sums[1] += count
+        else:
+            count = (targets >= 0).sum()
+            self._sums[split] += torch.stack([total.detach().double(), count.double()])
         return total, count
 
     def _reset(self, split: str) -> None:
@@ -90,8 +112,10 @@ class LanguageModel(L.LightningModule):
     def on_train_start(self) -> None:
         """Applies what a resumed checkpoint brought, on this rank's device, right before training:
         nothing between the restore and here may use the random streams of the first step."""
-        rng, train = self._resumed_rng, self._resumed_train
-        self._resumed_rng = self._resumed_train = None
+        rng, train, window = self._resumed_rng, self._resumed_train, self._resumed_window
+        self._resumed_rng = self._resumed_train = self._resumed_window = None
+        self._log_window = (window.to(self.device, torch.float64) if window is not None
+                            else torch.zeros(2, dtype=torch.float64, device=self.device))
         if train is not None:
             self._state["train"] = to_device(train["state"], self.device)
             self._sums["train"] = train["sums"].to(self.device, torch.float64)
@@ -112,9 +136,16 @@ class LanguageModel(L.LightningModule):
 
     def training_step(self, batch, batch_idx):
         total, count = self._window("train", batch)
-        loss = total / count.clamp_min(1)
-        self.log("train/loss", loss, prog_bar=True)
-        self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"])
+        loss = total / max(count, 1)
+        window = self._log_window
+        if window is None:  # a training step outside Trainer.fit
+            window = self._log_window = torch.zeros(2, dtype=torch.float64, device=loss.device)
+        window[0] += loss.detach()
+        window[1] += 1
+        if is_logging_step(self._trainer):
+            self.log("train/loss", (window[0] / window[1].clamp_min(1)).float(), prog_bar=True)
+            self.log("train/lr", float(self.trainer.optimizers[0].param_groups[0]["lr"]))
+            window.zero_()
         return loss
 
     def on_train_epoch_end(self) -> None:
@@ -178,8 +209,12 @@ class LanguageModel(L.LightningModule):
         mine: dict[str, Any] = {"rng": _rng_state()}
         if mid_epoch:
             mine["train"] = {"state": self._state.get("train"), "sums": self._sums["train"].detach()}
+        if self._log_window is not None:
+            mine["log_window"] = self._log_window.detach()
         ranks = gather_ranks(mine)
         checkpoint["rng_states"] = [r["rng"] for r in ranks]
+        if self._log_window is not None:
+            checkpoint[LOG_WINDOW_KEY] = [r["log_window"] for r in ranks]
         if mid_epoch:
             checkpoint[TRAIN_STATE_KEY] = [r["train"] for r in ranks]
 
@@ -192,6 +227,8 @@ class LanguageModel(L.LightningModule):
                                f"{world}: resuming is not exact")
             rng = rng[rank] if rank < len(rng) else rng[0]
         self._resumed_rng = rng  # older checkpoints: one dict, rank 0's streams
+        window = checkpoint.get(LOG_WINDOW_KEY)
+        self._resumed_window = window[rank] if isinstance(window, list) and len(window) == world else None
         train = checkpoint.get(TRAIN_STATE_KEY)
         self._resumed_train = None
         if train is not None:

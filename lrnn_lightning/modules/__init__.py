@@ -6,9 +6,10 @@ sequence the core reads (one vector per word for a full softmax; a row and a col
 word for the LightRNN table).
 """
 
+from lrnn_lightning.modules.adaptive import AdaptiveSoftmaxHead
 from lrnn_lightning.modules.lightrnn import LightRNNHead
 from lrnn_lightning.modules.lstm import LSTMCore
 from lrnn_lightning.modules.softmax import SoftmaxHead
 from lrnn_lightning.modules.state import detach_state
 
-__all__ = ["LSTMCore", "LightRNNHead", "SoftmaxHead", "detach_state"]
+__all__ = ["AdaptiveSoftmaxHead", "LSTMCore", "LightRNNHead", "SoftmaxHead", "detach_state"]
