@@ -288,6 +288,7 @@ class Reallocation(L.Callback):
         purity = self.row_purity(head)
         if purity is not None:
             info["realloc/row_purity"] = purity
+            log.info("row purity after round %d: %.4f", self.rounds, purity)
         if moved < self.min_moved_fraction * head.vocab_size:
             self.stopped = True
         self.metrics = info
