@@ -352,8 +352,8 @@ def refine_rows(bigrams: sp.csr_matrix, row: np.ndarray, counts: np.ndarray, row
         prior = (N.sum(0) + N.sum(1)) / max(2.0 * N.sum(), 1.0)
         prev = N.T + smoothing * prior[None, :]
         nxt = N + smoothing * prior[None, :]
-        log_prev = torch.from_numpy(np.log(prev / prev.sum(1, keepdims=True)).T.astype(np.float32))
-        log_next = torch.from_numpy(np.log(nxt / nxt.sum(1, keepdims=True)).T.astype(np.float32))
+        log_prev = np.log(prev / prev.sum(1, keepdims=True)).T.copy()
+        log_next = np.log(nxt / nxt.sum(1, keepdims=True)).T.copy()
 
         def ranked(words, full, left=left, right=right, log_prev=log_prev, log_next=log_next):
             m = min(candidates, int((~full).sum()))
@@ -361,8 +361,8 @@ def refine_rows(bigrams: sp.csr_matrix, row: np.ndarray, counts: np.ndarray, row
             mask = torch.from_numpy(full)
             for a in range(0, len(words), chunk):
                 w = words[a:a + chunk]
-                score = (torch.from_numpy(left[w].toarray().astype(np.float32)) @ log_prev
-                         + torch.from_numpy(right[w].toarray().astype(np.float32)) @ log_next)
+                # sparse x dense: a word has neighbours in few rows, so the cost is its nonzeros x R
+                score = torch.from_numpy(np.asarray(left[w] @ log_prev + right[w] @ log_next, dtype=np.float32))
                 score.masked_fill_(mask[None, :], float("-inf"))
                 out[a:a + chunk] = torch.topk(score, m, dim=1).indices.numpy()
             return out
