@@ -47,3 +47,28 @@ def write_result(name: str, result: dict, plot: Callable | None = None) -> Path:
             fig.savefig(out.with_suffix(".png"), dpi=100)
     print(json.dumps(full, indent=2))
     return out
+
+
+def draw(name: str, plot: Callable) -> Path | None:
+    """Redraw ``results/<name>.png`` from ``results/<name>.json`` with ``plot(plt, result) -> fig``
+    (a script's ``--plot-only`` path: no rerun). Without matplotlib: says so, draws nothing."""
+    src = RESULTS / f"{name}.json"
+    result = json.loads(src.read_text())
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib not installed (pip install -e '.[bench]'): no plot")
+        return None
+    fig = plot(plt, result)
+    fig.tight_layout()
+    out = src.with_suffix(".png")
+    from lrnn_lightning.atomic import atomic_path
+
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+    print(f"plot: {out}")
+    return out

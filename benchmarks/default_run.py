@@ -1,6 +1,7 @@
 """Time the default `python train.py` end to end and record its perplexities.
 
     nice -n 5 python benchmarks/default_run.py [extra overrides ...]
+    python benchmarks/default_run.py --plot-only   # redraw the PNG from the JSON
 
 Writes benchmarks/results/default_run.json and .png: wall time, the run's own training time
 (the sum of its epochs' training phases, from the plain progress lines), CPU seconds, the load
@@ -21,7 +22,22 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import ROOT, write_result
+from common import ROOT, draw, write_result
+
+
+def plot(plt, result: dict):
+    m = result["metrics"]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    names = [k for k in ("train/ppl", "val/ppl", "test/ppl") if k in m]
+    bars = ax.bar(names, [m[k] for k in names], color=["tab:gray", "tab:blue", "tab:orange"][: len(names)])
+    ax.bar_label(bars, fmt="%.1f")
+    if "data/optimal_ppl" in m:
+        ax.axhline(m["data/optimal_ppl"], color="k", ls="--", label=f"optimal {m['data/optimal_ppl']:.1f}")
+        ax.legend(loc="lower right")
+    ax.set_ylabel("perplexity")
+    ax.set_title(f"{result['train_command']}: {result['wall_seconds']:.0f} s, peak RSS {result['peak_rss_mb']:.0f} MB, "
+                 f"{m.get('train/tokens_per_sec', float('nan')):.0f} tokens/s", fontsize=9)
+    return fig
 
 EPOCH_END = re.compile(r"^epoch (\d+) (\d+)/(\d+) +100% (\d+)s")
 VALIDATION = re.compile(r"^epoch (\d+) validation .*val/ppl=([0-9.e+]+)")
@@ -41,6 +57,9 @@ def curves(stdout: str, log: str) -> dict:
 
 
 def main() -> None:
+    if sys.argv[1:] == ["--plot-only"]:
+        draw("default_run", plot)
+        return
     overrides = sys.argv[1:]
     with tempfile.TemporaryDirectory() as tmp:
         cmd = [sys.executable, str(ROOT / "train.py"), f"paths.root_dir={tmp}", *overrides]
@@ -71,26 +90,8 @@ def main() -> None:
         **history,
         "metrics": {k: v for k, v in metrics.items() if not k.startswith("ckpt/")},
     }
-
-    def plot(plt):
-        fig, ax = plt.subplots(1, 2, figsize=(9, 3.5))
-        ppl = result["val_ppl_per_epoch"]
-        ax[0].plot(range(1, len(ppl) + 1), [p / optimal for p in ppl], "o-", label="val/ppl / optimal")
-        ax[0].axhline(1.05, color="gray", ls="--", label="1.05x (the aim)")
-        ax[0].set_xlabel("epoch")
-        ax[0].set_ylabel("val/ppl / data/optimal_ppl")
-        ax[0].legend()
-        purity = history["row_purity_per_round"]
-        ax[1].plot(range(len(purity)), purity, "o-")
-        ax[1].set_xlabel("reallocation round (0: the starting table)")
-        ax[1].set_ylabel("realloc/row_purity")
-        ax[1].set_ylim(0, 1.02)
-        fig.suptitle(f"python train.py: {wall:.0f} s wall (load {load_before[0]:.1f}), "
-                     f"val/ppl {metrics['val/ppl']:.1f}, optimum {optimal:.1f}")
-        return fig
-
-    write_result("default_run", result, plot=plot if optimal else None)
-
+    write_result("default_run", result)
+    draw("default_run", plot)
 
 if __name__ == "__main__":
     main()

@@ -5,9 +5,10 @@
     python benchmarks/lightrnn_quality.py lightsru_synthetic | lightsru_ptb   # LightSRU vs LightRNN
     python benchmarks/lightrnn_quality.py start_purity   # realloc/row_purity of the starting tables, no training
     ... [--only NAME ...]   # rerun some configurations, keep the others from the existing JSON
+    ... --plot-only         # redraw lightrnn_quality_<name>.png from the JSON, run nothing
 
 Each configuration is one real ``python train.py`` run (same seed, same epochs); the script
-collects their metrics.json into benchmarks/results/lightrnn_quality_<name>.json.
+collects their metrics.json into benchmarks/results/lightrnn_quality_<name>.json (and .png).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import RESULTS, ROOT, write_result
+from common import RESULTS, ROOT, draw, write_result
 
 
 def run(overrides: list[str]) -> dict:
@@ -108,6 +109,41 @@ def start_purity() -> None:
     write_result("lightrnn_start_purity", {"vocab_size": V, "table": [R, C], "tables": results})
 
 
+def plot(plt, result: dict):
+    runs = {name: r for name, r in result["runs"].items() if "metrics" in r}
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(12, 4.5), gridspec_kw={"width_ratios": [3, 2]})
+    names = list(runs)
+    x = range(len(names))
+    for offset, key, colour in ((-0.2, "val/ppl", "tab:blue"), (0.2, "test/ppl", "tab:orange")):
+        bars = ax.bar([i + offset for i in x], [runs[n]["metrics"].get(key, float("nan")) for n in names], 0.4,
+                      label=key, color=colour)
+        ax.bar_label(bars, fmt="%.0f", fontsize=8)
+    optimal = next((r["metrics"]["data/optimal_ppl"] for r in runs.values() if "data/optimal_ppl" in r["metrics"]),
+                   None)
+    if optimal:
+        ax.axhline(optimal, color="k", ls="--", label=f"optimal {optimal:.1f}")
+    ax.set_xticks(list(x), [n.replace("_", "\n", 1) for n in names], fontsize=8)
+    ax.set_ylabel("perplexity")
+    ax.set_title(result["command"].removeprefix("python benchmarks/"), fontsize=9)
+    ax.legend(fontsize=8)
+    moving = [n for n in names if runs[n].get("moved_words_per_round")]
+    width = 0.8 / max(len(moving), 1)
+    for j, n in enumerate(moving):
+        moved = runs[n]["moved_words_per_round"]
+        xs = [r + 1 - 0.4 + width * (j + 0.5) for r in range(len(moved))]
+        bars = ax2.bar(xs, moved, width, label=n, color=f"C{j + 2}")
+        ax2.bar_label(bars, fontsize=7)
+    rounds = max((len(runs[n]["moved_words_per_round"]) for n in moving), default=0)
+    ax2.set_xticks(range(1, rounds + 1))
+    ax2.set_xlabel("reallocation round")
+    ax2.set_ylabel("words moved")
+    ax2.set_yscale("log")
+    ax2.set_title("words moved per round (frozen table: none)", fontsize=9)
+    if moving:
+        ax2.legend(fontsize=8)
+    return fig
+
+
 def main() -> None:
     if sys.argv[1:] == ["start_purity"]:
         return start_purity()
@@ -117,7 +153,11 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--only", nargs="*", default=None,
                     help="run only these configurations; the others are kept from the existing JSON")
+    ap.add_argument("--plot-only", action="store_true", help="redraw the PNG from the existing JSON, run nothing")
     args = ap.parse_args()
+    if args.plot_only:
+        draw(f"lightrnn_quality_{args.which}", plot)
+        return
     configs = configurations(args.which, args.ptb, args.epochs)
     out = RESULTS / f"lightrnn_quality_{args.which}.json"
     previous = json.loads(out.read_text()).get("runs", {}) if args.only and out.exists() else {}
@@ -130,6 +170,7 @@ def main() -> None:
         print(name, json.dumps(results[name]), flush=True)
     write_result(f"lightrnn_quality_{args.which}", {"omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
                                                      "runs": results})
+    draw(f"lightrnn_quality_{args.which}", plot)
 
 
 if __name__ == "__main__":

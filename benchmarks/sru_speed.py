@@ -7,8 +7,11 @@ Implementations timed on the device at hand (same shapes, fp32, one layer, input
   ours_torch    lrnn_lightning SRU, PyTorch path             (CPU and CUDA)
   sru_package   sru 2.6.0: its CUDA kernel on a GPU, its CPU training path (a per-step loop) on CPU
   lstm          torch.nn.LSTM (cuDNN on a GPU)
-On a GPU it also measures the recurrence kernel's achieved memory bandwidth (bytes it must move /
-time) against the device's copy bandwidth (a large device-to-device copy).
+On a GPU, in fp32 and bf16 (``--dtypes``), timed with ``triton.testing.do_bench`` (CUDA events, the
+L2 cache flushed before every repetition, so small shapes are not served from the 50 MB L2), it also
+measures the recurrence kernels alone: bytes they must move / time, for the forward without
+gradient (read U and x, write h), the training forward (also write the fp32 states) and the backward,
+against the device's copy bandwidth (a 1 GiB device-to-device copy, read + write bytes).
 Writes benchmarks/results/sru_speed_<cpu|gpu>.json and .png. Never times inside tests.
 """
 
@@ -31,6 +34,11 @@ def sync(device: str) -> None:
 
 
 def time_fn(fn, device: str, repeats: int, warmup: int = 3) -> float:
+    """Median milliseconds: CUDA events with the L2 flushed on a GPU, host clocks on CPU."""
+    if device == "cuda":
+        from triton.testing import do_bench
+
+        return float(do_bench(fn, warmup=25, rep=max(100, repeats * 2), return_mode="median"))
     for _ in range(warmup):
         fn()
     sync(device)
@@ -60,50 +68,91 @@ def reference_sru(d: int, device: str):
     return sru.SRU(d, d, num_layers=1).to(device), None
 
 
-def recurrence_bandwidth(L: int, B: int, d: int, repeats: int) -> dict:
-    """The forward recurrence alone (training mode: it also writes c), bytes it must move / time."""
+def copy_bandwidth(repeats: int) -> float:
+    """GB/s of a 1 GiB device-to-device copy, counting the bytes read and written."""
+    big = torch.empty(2**30, dtype=torch.uint8, device="cuda")
+    dst = torch.empty_like(big)
+    ms = time_fn(lambda: dst.copy_(big), "cuda", repeats)
+    return 2 * big.numel() / (ms / 1e3) / 1e9
+
+
+def recurrence_bandwidth(L: int, B: int, d: int, dtype: torch.dtype, copy_gbs: float, repeats: int) -> dict:
+    """The recurrence kernels alone (planar U, as the module calls them): bytes each must move / time."""
     from triton_kernels.sru import sru_recurrence_triton
 
-    U = torch.randn(L, B, 3 * d, device="cuda", requires_grad=True)
-    x = torch.randn(L, B, d, device="cuda")
-    wc, bias = torch.randn(2 * d, device="cuda"), torch.zeros(2 * d, device="cuda")
+    e = torch.tensor([], dtype=dtype).element_size()
+    U = torch.randn(L, B, 3, d, device="cuda", dtype=dtype, requires_grad=True)
+    x = torch.randn(L, B, d, device="cuda", dtype=dtype, requires_grad=True)
+    wc = torch.randn(2 * d, device="cuda", requires_grad=True)
+    bias = torch.zeros(2 * d, device="cuda", requires_grad=True)
     c0 = torch.zeros(B, d, device="cuda")
-    ms = time_fn(lambda: sru_recurrence_triton(U, x, wc, bias, c0, d), "cuda", repeats)
     n = L * B * d
-    moved = n * 4 * (3 + 1 + 1 + 1)  # read U (3) and x, write h and c
-    big = torch.empty(256 * 2**20, dtype=torch.uint8, device="cuda")
-    dst = torch.empty_like(big)
-    copy_ms = time_fn(lambda: dst.copy_(big), "cuda", repeats)
-    copy_gbs = 2 * big.numel() / (copy_ms / 1e3) / 1e9
-    gbs = moved / (ms / 1e3) / 1e9
-    return {"kernel_ms": round(ms, 4), "kernel_GBps": round(gbs, 1), "copy_GBps": round(copy_gbs, 1),
-            "fraction_of_copy": round(gbs / copy_gbs, 3)}
+
+    def call():
+        return sru_recurrence_triton(U, x, wc, bias, c0, d, planar=True)
+
+    def inference():
+        with torch.no_grad():
+            call()
+
+    h, c = call()
+    grad_h = torch.randn_like(h)
+
+    def backward():
+        torch.autograd.grad(h, [U, x, wc, bias], grad_h, retain_graph=True)
+
+    out = {}
+    # bytes that must move: inference reads U, x and writes h; training also writes the fp32 states;
+    # the backward reads U, x, the states and dh, and writes dU and dx
+    for name, fn, moved in (("inference", inference, n * e * 5), ("forward", call, n * (e * 5 + 4)),
+                            ("backward", backward, n * (e * 5 + 4 + e * 4))):
+        ms = time_fn(fn, "cuda", repeats)
+        gbs = moved / (ms / 1e3) / 1e9
+        out[name] = {"ms": round(ms, 4), "GBps": round(gbs, 1), "fraction_of_copy": round(gbs / copy_gbs, 3)}
+    return out
+
+
+def device_facts() -> dict:
+    import subprocess
+
+    facts = {"name": torch.cuda.get_device_name(), "torch_cuda": torch.version.cuda}
+    try:
+        facts["driver"] = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                                         capture_output=True, text=True, timeout=30).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        facts["driver"] = None
+    return facts
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--shapes", nargs="+", default=["32,32,256", "128,32,512", "256,64,1024"])
     ap.add_argument("--repeats", type=int, default=None)
+    ap.add_argument("--dtypes", nargs="+", default=None, help="fp32 bf16 (GPU default: both; CPU: fp32)")
     args = ap.parse_args()
     device = "cuda" if torch.cuda.is_available() else "cpu"
     repeats = args.repeats or (50 if device == "cuda" else 5)
+    dtypes = args.dtypes or (["fp32", "bf16"] if device == "cuda" else ["fp32"])
+    copy_gbs = copy_bandwidth(repeats) if device == "cuda" else None
     results = []
-    for shape in args.shapes:
+    for shape, dtype_name in [(s, t) for t in dtypes for s in args.shapes]:
+        dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype_name]
         L, B, d = (int(v) for v in shape.split(","))
         torch.manual_seed(0)
-        x = torch.randn(L, B, d, device=device, requires_grad=True)
-        row = {"L": L, "B": B, "d": d, "ms": {}}
+        x = torch.randn(L, B, d, device=device, requires_grad=True, dtype=dtype)
+        row = {"L": L, "B": B, "d": d, "dtype": dtype_name, "ms": {}}
         impls = {}
         if device == "cuda":
             impls["ours_triton"] = SRU(d, d, num_layers=1, backend="triton").to(device)
         impls["ours_torch"] = SRU(d, d, num_layers=1, backend="torch").to(device)
         ref, why = reference_sru(d, device)
         if ref is not None:
-            impls["sru_package"] = ref
+            impls["sru_package"] = ref.to(dtype)
         else:
             row["sru_package_error"] = why
         impls["lstm"] = torch.nn.LSTM(d, d, num_layers=1).to(device)
         for name, module in impls.items():
+            module.to(dtype)
             try:
                 row["ms"][name] = round(time_fn(fwd_bwd(module, x), device, repeats), 3)
             except Exception as e:  # noqa: BLE001 - e.g. the sru package's CUDA kernel failing to build
@@ -115,7 +164,8 @@ def main() -> None:
         if "sru_package" in row["ms"]:
             row["speedup_vs_sru_package"] = round(row["ms"]["sru_package"] / ours, 2)
         if device == "cuda":
-            row["recurrence"] = recurrence_bandwidth(L, B, d, repeats)
+            row["recurrence"] = recurrence_bandwidth(L, B, d, dtype, copy_gbs, repeats)
+            print(shape, dtype_name, row["recurrence"], flush=True)
         results.append(row)
 
     def plot(plt):
@@ -126,7 +176,7 @@ def main() -> None:
             ax.bar([j + i * width for j in range(len(results))], [r["ms"].get(name, 0) for r in results], width,
                    label=name)
         ax.set_xticks([j + 0.4 - width / 2 for j in range(len(results))])
-        ax.set_xticklabels([f"L={r['L']} B={r['B']} d={r['d']}" for r in results])
+        ax.set_xticklabels([f"L={r['L']} B={r['B']}\nd={r['d']} {r['dtype']}" for r in results], fontsize=8)
         ax.set_yscale("log")
         ax.set_ylabel("forward+backward, ms (log)")
         ax.set_title(f"one SRU layer vs LSTM on {device}")
@@ -147,7 +197,9 @@ def main() -> None:
     except Exception:  # noqa: BLE001
         pass
     write_result(f"sru_speed_{'gpu' if device == 'cuda' else 'cpu'}",
-                 {"device": torch.cuda.get_device_name() if device == "cuda" else "cpu", "repeats": repeats,
+                 {"device": device_facts() if device == "cuda" else "cpu", "repeats": repeats,
+                  "timing": "triton.testing.do_bench, L2 flushed, median" if device == "cuda" else "host clock, median",
+                  "copy_GBps": round(copy_gbs, 1) if copy_gbs else None,
                   "extra_versions": versions, "results": results}, plot)
 
 

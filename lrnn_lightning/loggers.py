@@ -7,7 +7,7 @@ import csv
 import netrc
 import os
 from pathlib import Path
-from urllib.parse import urlparse
+from urllib.parse import urlsplit
 
 from lightning.pytorch.loggers import CSVLogger as LightningCSVLogger
 from lightning.pytorch.loggers import TensorBoardLogger as LightningTensorBoardLogger
@@ -18,21 +18,79 @@ from lightning.pytorch.utilities import rank_zero_info
 from lrnn_lightning.atomic import atomic_path
 
 
-def wandb_credentials_present() -> bool:
-    """An API key in the environment, an identity-token file, or a netrc entry for the W&B host."""
-    if os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_IDENTITY_TOKEN_FILE"):
-        return True
-    host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname or ""
-    path = Path(os.environ.get("NETRC", Path.home() / ".netrc"))
+def _wandb_settings_files() -> list[Path]:
+    """The settings files wandb reads, the one that wins last: the global one (``$WANDB_CONFIG_DIR/
+    settings`` or ``~/.config/wandb/settings``, written by ``wandb login --host``/``wandb offline``),
+    then the workspace one (``<WANDB_DIR or .>/wandb/settings``, ``.wandb/`` when that folder exists)."""
+    config_dir = os.environ.get("WANDB_CONFIG_DIR")
+    glob_file = Path(config_dir).expanduser() if config_dir else Path("~/.config/wandb").expanduser()
+    root = Path(os.environ.get("WANDB_DIR") or ".").expanduser()
+    local = root / (".wandb" if (root / ".wandb").exists() else "wandb")
+    return [glob_file / "settings", local / "settings"]
+
+
+def wandb_settings() -> dict[str, str]:
+    """The ``[default]`` section of wandb's settings files (workspace over global); unreadable: empty."""
+    import configparser
+
+    found: dict[str, str] = {}
+    for path in _wandb_settings_files():
+        parser = configparser.ConfigParser()
+        try:
+            parser.read(path)
+        except (configparser.Error, OSError, UnicodeDecodeError):
+            continue
+        if parser.has_section("default"):
+            found.update(parser.items("default"))
+    return found
+
+
+def wandb_base_url(settings: dict[str, str] | None = None) -> str:
+    """The W&B server: ``WANDB_BASE_URL``, else the settings files' ``base_url``, else api.wandb.ai."""
+    settings = wandb_settings() if settings is None else settings
+    return (os.environ.get("WANDB_BASE_URL") or settings.get("base_url") or "https://api.wandb.ai").rstrip("/")
+
+
+def _netrc_path() -> Path:
+    """The file wandb reads: ``$NETRC``, else ``~/.netrc``, else ``~/_netrc`` (Windows' name)."""
+    if os.environ.get("NETRC"):
+        return Path(os.environ["NETRC"]).expanduser()
+    unix = Path("~/.netrc").expanduser()
+    windows = Path("~/_netrc").expanduser()
+    return windows if not unix.exists() and windows.exists() else unix
+
+
+def wandb_credentials() -> str | None:
+    """Where wandb would find credentials, or None: as ``wandb.init`` looks for them, the
+    ``WANDB_API_KEY``/``WANDB_IDENTITY_TOKEN_FILE`` variables, then the netrc entry (with a
+    password) for the server's host[:port], then an ``api_key`` in wandb's settings files."""
+    for var in ("WANDB_API_KEY", "WANDB_IDENTITY_TOKEN_FILE"):
+        if os.environ.get(var):
+            return var
+    settings = wandb_settings()
+    netloc = urlsplit(wandb_base_url(settings)).netloc
+    path = _netrc_path()
     try:
-        return path.is_file() and netrc.netrc(path).authenticators(host) is not None
+        entry = netrc.netrc(path).authenticators(netloc) if netloc and path.is_file() else None
     except (netrc.NetrcParseError, OSError):
-        return False
+        entry = None
+    if entry is not None and entry[2]:
+        return str(path)
+    if settings.get("api_key"):
+        return "wandb settings file"
+    return None
+
+
+def wandb_credentials_present() -> bool:
+    return wandb_credentials() is not None
 
 
 def wandb_mode(offline: bool | None = None) -> str:
-    """``online``, ``offline`` or ``disabled``: WANDB_MODE wins, then ``offline``, then credentials."""
+    """``online``, ``offline`` or ``disabled``: WANDB_MODE wins (else a ``wandb offline``/``wandb
+    disabled`` recorded in wandb's settings files), then ``offline``, then credentials."""
     env = os.environ.get("WANDB_MODE", "").lower()
+    if not env and wandb_settings().get("mode", "").lower() in ("disabled", "offline", "dryrun"):
+        env = wandb_settings()["mode"].lower()
     if env in ("disabled", "offline", "dryrun"):
         return "disabled" if env == "disabled" else "offline"
     if offline:
@@ -63,6 +121,8 @@ def wandb_logger(save_dir: str, project: str = "lrnn-lightning", offline: bool |
 
     In a sweep, runs are grouped by sweep and named and tagged by job (``sweep_identity``) unless
     ``group``/``name`` are given. ``id`` (with ``resume="allow"``) continues an earlier run.
+    ``log_model`` (``true``: the best and last checkpoints at the end; ``all``: every checkpoint when
+    saved) logs checkpoints as ``model`` artifacts, offline too: ``wandb sync`` uploads them later.
     """
     from lightning.pytorch.loggers import WandbLogger
 
@@ -72,12 +132,19 @@ def wandb_logger(save_dir: str, project: str = "lrnn-lightning", offline: bool |
     mode = wandb_mode(offline)
     Path(save_dir).mkdir(parents=True, exist_ok=True)
     if mode == "offline":
-        rank_zero_info(
-            f"W&B: no credentials (or offline requested); logging offline under {save_dir}/wandb. "
-            f"Upload later with: wandb sync {save_dir}/wandb/offline-run-*"
-        )
+        why = "offline requested (WANDB_MODE, logger.wandb.offline or `wandb offline`)"
+        if not wandb_credentials_present():
+            why = (f"no credentials (looked for WANDB_API_KEY, a '{urlsplit(wandb_base_url()).netloc}' entry in "
+                   f"{_netrc_path()}, an api_key in wandb's settings files)")
+        rank_zero_info(f"W&B: {why}; logging offline under {save_dir}/wandb. "
+                       f"Upload later with: wandb sync {save_dir}/wandb/offline-run-*")
+    elif mode == "online":
+        source = wandb_credentials() or "none (WANDB_MODE=online)"
+        rank_zero_info(f"W&B: online ({wandb_base_url()}), credentials from {source}")
     kwargs = {k: v for k, v in kwargs.items() if v is not None}
-    return WandbLogger(save_dir=save_dir, project=project, mode=mode, offline=mode == "offline", **kwargs)
+    # the mode goes to wandb.init: Lightning's own offline=True refuses log_model (and sets WANDB_MODE
+    # for the whole process), yet an offline run keeps its artifacts for `wandb sync`
+    return WandbLogger(save_dir=save_dir, project=project, mode=mode, offline=False, **kwargs)
 
 
 def finish_wandb() -> None:

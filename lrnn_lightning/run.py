@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import functools
 import logging
 import math
 import os
 import sys
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import lightning as L
 import torch
@@ -21,28 +20,10 @@ from lrnn_lightning.atomic import write_json, write_text
 from lrnn_lightning.callbacks import RunMetadata, TokensPerSecond
 from lrnn_lightning.checkpoint import (AtomicCheckpointIO, check_same_vocab, checkpoint_vocab, load_language_model,
                                        read_checkpoint, resolve_ckpt_path)
-from lrnn_lightning.errors import UserError
+from lrnn_lightning.errors import UserError, user_errors  # noqa: F401 - user_errors: the entry points' wrapper
 from lrnn_lightning.loggers import finish_wandb
 
 log = logging.getLogger(__name__)
-
-
-def user_errors(fn: Callable) -> Callable:
-    """Entry-point wrapper: a UserError prints its message alone and exits with status 2."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except Exception as e:
-            # a UserError raised while Hydra instantiates a config object arrives wrapped
-            cause = e if isinstance(e, UserError) else e.__cause__
-            if not isinstance(cause, UserError):
-                raise
-            print(f"error: {cause}", file=sys.stderr, flush=True)
-            sys.exit(2)
-
-    return wrapper
 
 
 def output_dir(cfg: DictConfig) -> Path:
@@ -145,7 +126,8 @@ def _train(cfg: DictConfig) -> dict[str, Any]:
     model = instantiate(cfg.model, vocab_size=len(vocab))
     callbacks = _instantiate_group(cfg.get("callbacks"))
     callbacks.append(RunMetadata(_container(cfg.model), _container(cfg.data), vocab.words))
-    loggers = _instantiate_loggers(cfg.get("logger"), wandb_id, resume_step)
+    # fast_dev_run: Lightning logs nothing, and no logger is started either (no W&B run for a smoke test)
+    loggers = [] if cfg.trainer.get("fast_dev_run") else _instantiate_loggers(cfg.get("logger"), wandb_id, resume_step)
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()])
 
     counts = model.parameter_counts()

@@ -1,7 +1,11 @@
 import os
 
-# before any kernel module is imported: Triton kernels run in its interpreter on CPU
-os.environ.setdefault("TRITON_INTERPRET", "1")
+# before any kernel module is imported: on a CUDA machine the Triton kernels run compiled (the cuda
+# tests), elsewhere in Triton's interpreter on CPU tensors; TRITON_INTERPRET=0/1 forces either
+if "TRITON_INTERPRET" not in os.environ:
+    import torch
+
+    os.environ["TRITON_INTERPRET"] = "0" if torch.cuda.is_available() else "1"
 os.environ["WANDB_MODE"] = "offline"
 os.environ.setdefault("WANDB_SILENT", "true")
 
@@ -9,6 +13,11 @@ import sys
 from pathlib import Path
 
 import pytest
+
+INTERPRETED = os.environ["TRITON_INTERPRET"] == "1"
+# tests that run the kernels on CPU tensors through Triton's interpreter
+interpreted = pytest.mark.skipif(not INTERPRETED, reason="runs the Triton kernels interpreted on CPU; "
+                                 "TRITON_INTERPRET=0 here (the cuda tests run them compiled)")
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig

@@ -97,6 +97,19 @@ def test_empty_training_file(tmp_path):
     assert_clean_failure(proc, "train file", "is empty")
 
 
+def test_corpus_file_that_is_not_utf8(tmp_path):
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "train.txt").write_bytes(b"a b\n" * 50 + b"un caf\xe9 noir\n")  # Latin-1
+    (corpus / "valid.txt").write_text("a b\n")
+    (corpus / "test.txt").write_text("a b\n")
+    proc = run_script("train.py", "data=text_dir", f"data.root={corpus}", "logger=none",
+                      f"paths.root_dir={tmp_path}", cwd=tmp_path)
+    assert_clean_failure(proc, f"{corpus / 'train.txt'} is not UTF-8 text at byte offset 206 (line 51: byte 0xe9)",
+                         "iconv")
+    assert proc.stderr.count("error:") == 1
+
+
 def test_checkpoint_from_another_vocabulary(trained, tmp_path):
     root, run, metrics, _ = trained
     corpus = tmp_path / "corpus"

@@ -1,4 +1,5 @@
 import math
+import re
 from collections import Counter
 
 import numpy as np
@@ -111,6 +112,51 @@ def test_missing_file_and_empty_training_file(tmp_path):
     write_corpus(root, "\n\n", "a\n", "a\n")
     with pytest.raises(CorpusError, match="train file .* is empty"):
         TextDirCorpus(str(root)).prepare(tmp_path)
+
+
+# a Latin-1 file: "café" is fine in UTF-8 up to the é, written as the single byte 0xe9
+LATIN1 = "good words\nmore good words\nun café noir\n"
+BAD_OFFSET = LATIN1.index("é")  # every character before it is ASCII: one byte each
+
+
+@pytest.mark.parametrize("split", ["train", "valid", "test"])
+def test_file_that_is_not_utf8_names_the_file_and_the_byte_offset(tmp_path, split):
+    root = write_corpus(tmp_path / "c", "a b\n" * 3, "a\n", "b\n")
+    (root / f"{split}.txt").write_bytes(LATIN1.encode("latin-1"))
+    dm = LMDataModule(TextDirCorpus(str(root)), cache_dir=str(tmp_path / "cache"))
+    with pytest.raises(CorpusError) as e:
+        dm.prepare_data()
+    msg = str(e.value)
+    assert f"{root / f'{split}.txt'} is not UTF-8 text at byte offset {BAD_OFFSET} (line 3: byte 0xe9)" in msg
+    assert "iconv" in msg
+    assert not list((tmp_path / "cache").glob("tokens/*/meta.json"))  # no cache entry that would load
+
+
+def test_bad_byte_found_after_the_first_token_and_in_a_vocabulary_file(tmp_path):
+    # the emptiness check stops at the first token; the bad byte is read by the cache builder
+    root = write_corpus(tmp_path / "c", "", "a\n", "b\n")
+    (root / "train.txt").write_bytes(b"a b\n" * 1000 + b"caf\xe9\n")
+    files = {s: root / f"{s}.txt" for s in ("train", "valid", "test")}
+    with pytest.raises(CorpusError, match=re.escape("train.txt is not UTF-8 text at byte offset 4003 (line 1001: byte 0xe9)")):
+        cached_token_ids(files, tmp_path / "cache")
+    (root / "train.txt").write_text("a b\n")
+    (root / "vocab.txt").write_bytes(b"a\nb\n\xff\n")
+    with pytest.raises(CorpusError, match=re.escape("vocab.txt is not UTF-8 text at byte offset 4 (line 3: byte 0xff)")):
+        cached_token_ids(files, tmp_path / "cache", vocab_file=root / "vocab.txt")
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 3, 5, 64])
+def test_first_bad_utf8_offset_across_chunk_boundaries(tmp_path, chunk):
+    from lrnn_lightning.data.cache import first_bad_utf8
+
+    path = tmp_path / "t.txt"
+    good = "ü€𝄞\nx".encode()  # 2-, 3- and 4-byte characters, then a newline
+    path.write_bytes(good + b"\xe2\x82" + b"z")  # a 3-byte sequence cut short
+    assert first_bad_utf8(path, chunk) == (len(good), 2, 0xE2)
+    path.write_bytes(good + b"\xe2\x82")  # cut short by the end of the file
+    assert first_bad_utf8(path, chunk) == (len(good), 2, 0xE2)
+    path.write_bytes(good)
+    assert first_bad_utf8(path, chunk) is None
 
 
 # ---- BPTT streams --------------------------------------------------------------------------------

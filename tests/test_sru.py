@@ -2,10 +2,12 @@
 
 import itertools
 import math
+import os
 
 import pytest
 import torch
 
+from conftest import interpreted
 from lrnn_lightning.modules.sru import SRU, SRULayer
 from triton_kernels.naive import sru_recurrence_naive
 from triton_kernels.torch_fast import sru_recurrence_torch
@@ -93,6 +95,7 @@ def test_torch_backend_matches_reference(bi, k, v1, tanh, drop, pad):
     assert_same(run(sru_recurrence_naive, args, kw, tanh), run(sru_recurrence_torch, args, kw, tanh), atol=1e-10)
 
 
+@interpreted
 @pytest.mark.parametrize("bi,k,v1,tanh,drop,pad", OPTIONS, ids=OPTION_IDS)
 def test_triton_kernels_match_reference(bi, k, v1, tanh, drop, pad):
     """Under TRITON_INTERPRET=1 (conftest) on CPU; on a GPU the cuda tests below run them compiled."""
@@ -102,6 +105,7 @@ def test_triton_kernels_match_reference(bi, k, v1, tanh, drop, pad):
     assert_same(run(sru_recurrence_naive, args, kw, tanh), run(sru_recurrence_triton, args, kw, tanh), atol=2e-5)
 
 
+@interpreted
 @pytest.mark.parametrize("L,B,d", [(1, 1, 1), (2, 5, 3), (7, 2, 33), (3, 4, 16)])
 def test_triton_kernels_shapes(L, B, d):
     """Lane counts that are not multiples of the block, a single step, a single lane."""
@@ -112,6 +116,7 @@ def test_triton_kernels_shapes(L, B, d):
         assert_same(run(sru_recurrence_naive, args, kw, False), run(sru_recurrence_triton, args, kw, False), atol=2e-5)
 
 
+@interpreted
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_triton_kernels_half_precision_accumulate_in_fp32(dtype):
     from triton_kernels.sru import sru_recurrence_triton
@@ -181,8 +186,10 @@ def test_variational_dropout_is_shared_over_time():
     assert not (h_eval == x).all(0).any()
 
 
-def test_torch_backend_trains_faster_path_same_gradients_as_reference():
+def test_torch_backend_trains_faster_path_same_gradients_as_reference(monkeypatch):
     """The module's torch backend against the naive recurrence inside the same module."""
+    import triton_kernels.torch_fast as torch_fast
+
     torch.manual_seed(0)
     sru = SRU(6, 5, num_layers=2, bidirectional=True, layer_norm=True, highway_bias=-1.0, rescale=True)
     x = torch.randn(9, 3, 6, requires_grad=True)
@@ -191,16 +198,10 @@ def test_torch_backend_trains_faster_path_same_gradients_as_reference():
     grads = []
     for impl in ("torch", "naive"):
         if impl == "naive":
-            import lrnn_lightning.modules.sru as mod
-
-            original = mod._recurrence
-            mod._recurrence = lambda *a: sru_recurrence_naive
-        try:
-            h, c = sru(x, mask_pad=pad)
-            grads.append(torch.autograd.grad(h.square().sum() + c.sum(), [x, *sru.parameters()]))
-        finally:
-            if impl == "naive":
-                mod._recurrence = original
+            monkeypatch.setattr(torch_fast, "sru_recurrence_torch", sru_recurrence_naive)
+        h, c = sru(x, mask_pad=pad)
+        assert sru.layers[0].last_backend == "torch"
+        grads.append(torch.autograd.grad(h.square().sum() + c.sum(), [x, *sru.parameters()]))
     for a, b in zip(*grads):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
 
@@ -267,7 +268,8 @@ def test_from_reference_refuses_what_it_cannot_express(sru_package):
 
 # ---- CUDA: the compiled kernels ------------------------------------------------------------------
 
-cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+cuda = pytest.mark.skipif(not torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1",
+                          reason="needs a CUDA GPU and compiled kernels (TRITON_INTERPRET unset)")
 
 
 @cuda

@@ -24,7 +24,9 @@ def test_multirun_of_two_jobs_each_with_two_ddp_processes(tmp_path):
     out = proc.stdout + proc.stderr
     # each job had its two ranks, and no child process launched a sweep (or a run) of its own
     assert out.count("Launching 2 jobs locally") == 1
-    assert len(re.findall(r"GLOBAL_RANK: 1, MEMBER: 2/2", out)) == 2
+    # (Lightning's rank line may reach the output through two log handlers: count the jobs that had it)
+    rank1 = re.findall(r"GLOBAL_RANK: 1, MEMBER: 2/2", out)
+    assert len(rank1) in (2, 4) and len(re.findall(r"GLOBAL_RANK: 0, MEMBER: 1/2", out)) == len(rank1)
     jobs = jobs_of(tmp_path)
     assert [p.name for p in jobs] == ["0", "1"] and len({p.parent for p in jobs}) == 1
     assert not (tmp_path / "logs" / "train" / "runs").exists()
@@ -34,6 +36,7 @@ def test_multirun_of_two_jobs_each_with_two_ddp_processes(tmp_path):
 
 def test_optuna_study_interrupted_after_two_trials_resumes_to_three(tmp_path):
     import optuna
+    from optuna.distributions import CategoricalDistribution
 
     args = ["hparams_search=optuna", *SMALL, "logger=none", f"paths.root_dir={tmp_path}", "study_name=s",
             "model.hidden_size=choice(8,16)"]
@@ -44,15 +47,14 @@ def test_optuna_study_interrupted_after_two_trials_resumes_to_three(tmp_path):
     study = optuna.load_study(study_name="s", storage=storage)
     assert [t.state.name for t in study.trials] == ["COMPLETE", "COMPLETE"]
     # the sweep dies while its third trial runs: the study is left with a RUNNING trial
-    study.ask()
+    stale = study.ask({"model.hidden_size": CategoricalDistribution([8, 16])})
 
     second = run_script("train.py", *args, "hydra.sweeper.n_trials=3", cwd=tmp_path)
     assert second.returncode == 0, second.stderr[-3000:]
     trials = optuna.load_study(study_name="s", storage=storage).trials
     assert [t.state.name for t in trials] == ["COMPLETE", "COMPLETE", "FAIL", "COMPLETE"]
-    # the resumed sampler proposes new parameters, not the first trial's again
-    assert trials[3].params not in (trials[0].params, trials[1].params)
-    # one new job, numbered after the old ones (which are untouched)
+    # the interrupted point runs again, as a new trial whose job is numbered after the old ones
+    assert trials[3].params["model.hidden_size"] == stale.params["model.hidden_size"]
     assert [p.name for p in jobs_of(tmp_path)] == ["0", "1", "3"]
     assert "1 interrupted" in second.stdout + second.stderr
 

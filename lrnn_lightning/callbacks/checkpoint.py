@@ -115,6 +115,11 @@ class MidEpochCheckpoint(ModelCheckpoint):
         super().on_train_start(trainer, pl_module)
         self._mid_time_checked = time.monotonic()
 
+    def on_train_end(self, trainer, pl_module) -> None:
+        # Lightning 2.6 writes last.ckpt here even under fast_dev_run, which promises no checkpoints
+        if not trainer.fast_dev_run:
+            super().on_train_end(trainer, pl_module)
+
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if self._mid_epoch_due(trainer):
             self.save_last_mid_epoch(trainer)

@@ -9,6 +9,7 @@ pass appended to the ``.npy`` file, so memory stays bounded at any corpus size; 
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 import json
 import logging
@@ -21,6 +22,7 @@ import numpy as np
 
 from lrnn_lightning.atomic import atomic_dir, write_json
 from lrnn_lightning.data.vocab import EOS, Vocabulary
+from lrnn_lightning.errors import CorpusError
 
 log = logging.getLogger(__name__)
 
@@ -34,11 +36,47 @@ def _as_paths(p) -> list[Path]:
     return [Path(x) for x in p] if isinstance(p, (list, tuple)) else [Path(p)]
 
 
+def first_bad_utf8(path: Path, chunk_bytes: int = 1 << 20) -> tuple[int, int, int] | None:
+    """(byte offset, line number, byte) of the first byte of ``path`` that is not valid UTF-8, or None."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    pos, line = 0, 1
+    with open(path, "rb") as f:
+        while True:
+            chunk = f.read(chunk_bytes)
+            pending = len(decoder.getstate()[0])  # bytes of a character begun in the previous chunk
+            try:
+                decoder.decode(chunk, final=not chunk)
+            except UnicodeDecodeError as e:
+                offset = pos - pending + e.start
+                return offset, line + chunk[: max(offset - pos, 0)].count(b"\n"), e.object[e.start]
+            if not chunk:
+                return None
+            pos += len(chunk)
+            line += chunk.count(b"\n")
+
+
+def not_utf8(path: Path) -> CorpusError:
+    """The error for a text file that does not decode as UTF-8, naming the first bad byte."""
+    bad = first_bad_utf8(path)
+    where = f" at byte offset {bad[0]} (line {bad[1]}: byte 0x{bad[2]:02x})" if bad else ""
+    return CorpusError(
+        f"{path} is not UTF-8 text{where}.\n"
+        f"  to fix: re-encode it as UTF-8, e.g. iconv -f <its encoding> -t utf-8 {path} > {path}.utf8 "
+        f"&& mv {path}.utf8 {path}"
+    )
+
+
 def iter_blocks(paths: Paths, block_bytes: int = BLOCK_BYTES) -> Iterator[str]:
     """Whole lines of the files, in blocks of about ``block_bytes``; every block ends with a newline."""
     for path in paths:
         with open(path, encoding="utf-8") as f:
-            while lines := f.readlines(block_bytes):
+            while True:
+                try:
+                    lines = f.readlines(block_bytes)
+                except UnicodeDecodeError:
+                    raise not_utf8(Path(path)) from None
+                if not lines:
+                    break
                 if not lines[-1].endswith("\n"):
                     lines[-1] += "\n"
                 yield "".join(lines)
@@ -135,7 +173,10 @@ def cached_token_ids(
         with atomic_dir(entry) as tmp:
             counts, train_tokens = count_tokens(splits["train"])
             if vocab_file:
-                vocab = Vocabulary.load(vocab_file)
+                try:
+                    vocab = Vocabulary.load(vocab_file)
+                except UnicodeDecodeError:
+                    raise not_utf8(Path(vocab_file)) from None
             else:
                 vocab = Vocabulary.from_counts(counts, min_count, max_size)
             del counts

@@ -7,6 +7,7 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lrnn_lightning.data.cache import not_utf8
 from lrnn_lightning.data.download import extract, fetch
 from lrnn_lightning.data.registry import CorpusSpec, Layout, corpus_spec
 from lrnn_lightning.errors import CorpusError
@@ -127,4 +128,7 @@ class TextDirCorpus(RegistryCorpus):
 
 def _has_token(path: Path) -> bool:
     with open(path, encoding="utf-8") as f:
-        return any(line.split() for line in f)
+        try:
+            return any(line.split() for line in f)
+        except UnicodeDecodeError:
+            raise not_utf8(path) from None

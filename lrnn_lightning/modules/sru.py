@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 
 import torch
 from torch import nn
@@ -26,19 +27,40 @@ from torch import nn
 BACKENDS = ("auto", "triton", "torch")
 
 
-def _recurrence(backend: str, device: torch.device, dtype: torch.dtype):
+def triton_available() -> bool:
+    """Whether the Triton kernels can be imported (triton is a dependency on Linux only)."""
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+_warned_no_triton = False
+
+
+def resolve_backend(backend: str, device: torch.device, dtype: torch.dtype) -> str:
+    """The backend that runs for tensors on ``device``: ``auto`` is Triton on CUDA when triton is
+    installed (with one warning when it is not), PyTorch elsewhere and for float64."""
+    global _warned_no_triton
     if backend == "auto":
-        backend = "triton" if device.type == "cuda" and dtype != torch.float64 else "torch"
+        if device.type != "cuda" or dtype == torch.float64:
+            return "torch"
+        if not triton_available():
+            if not _warned_no_triton:
+                warnings.warn("SRU backend 'auto': triton is not installed, the recurrence runs in PyTorch "
+                              "(slower on GPU); `pip install triton` to use the kernels", stacklevel=3)
+                _warned_no_triton = True
+            return "torch"
+        return "triton"
     if backend == "triton":
         if device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
             raise RuntimeError(f"SRU backend 'triton' needs CUDA tensors, got {device.type}: use backend='torch' or "
                                "'auto' (or set TRITON_INTERPRET=1 before importing to run the kernels interpreted)")
-        from triton_kernels.sru import sru_recurrence_triton
-
-        return sru_recurrence_triton
-    from triton_kernels.torch_fast import sru_recurrence_torch
-
-    return sru_recurrence_torch
+        if not triton_available():
+            raise RuntimeError("SRU backend 'triton' needs the triton package: `pip install triton`, or use "
+                               "backend='auto' / 'torch'")
+    return backend
 
 
 class SRULayer(nn.Module):
@@ -69,6 +91,8 @@ class SRULayer(nn.Module):
         self.weight_c = nn.Parameter(torch.empty(2 * self.output_size), requires_grad=not v1)
         self.bias = nn.Parameter(torch.empty(2 * self.output_size))
         self.register_buffer("scale_x", torch.ones(1))
+        # which backend ran the last forward ("triton" or "torch"; None before the first)
+        self.last_backend: str | None = None
         self.layer_norm = None
         if layer_norm:
             self.layer_norm = nn.LayerNorm(self.output_size if normalize_after else input_size)
@@ -117,13 +141,29 @@ class SRULayer(nn.Module):
         flat = x.reshape(L * B, self.input_size)
         if self.weight_proj is not None:
             flat = flat @ self.weight_proj
-        U = (flat @ self.weight).view(L, B, -1)
         mask_c = None
         if self.training and self.dropout > 0:
             mask_c = x.new_empty(B, self.output_size).bernoulli_(1 - self.dropout).div_(1 - self.dropout)
-        recurrence = _recurrence(self.backend, U.device, U.dtype)
-        h, c = recurrence(U, residual if self.num_matrices == 3 else None, self.weight_c, self.bias, c0,
-                          self.hidden_size, self.bidirectional, self.scale, mask_c, mask_pad, self.use_tanh)
+        highway = residual if self.num_matrices == 3 else None
+        # the dtype U will have (autocast makes the product bf16/fp16)
+        u_dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else flat.dtype
+        self.last_backend = resolve_backend(self.backend, x.device, u_dtype)
+        if self.last_backend == "triton":
+            from triton_kernels.sru import planar_weight, sru_recurrence_triton
+
+            # the kernels read U as one plane per projection ([L, B, K, dirs*D], unit stride per plane):
+            # the same product with the weight's columns permuted, no copy of U
+            U = (flat @ planar_weight(self.weight, self.num_directions, self.hidden_size)).view(
+                L, B, self.num_matrices, self.output_size)
+            h, c = sru_recurrence_triton(U, highway, self.weight_c, self.bias, c0, self.hidden_size,
+                                         self.bidirectional, self.scale, mask_c, mask_pad, self.use_tanh,
+                                         planar=True)
+        else:
+            from triton_kernels.torch_fast import sru_recurrence_torch
+
+            U = (flat @ self.weight).view(L, B, -1)
+            h, c = sru_recurrence_torch(U, highway, self.weight_c, self.bias, c0, self.hidden_size,
+                                        self.bidirectional, self.scale, mask_c, mask_pad, self.use_tanh)
         if self.layer_norm is not None and self.normalize_after:
             h = self.layer_norm(h)
         return h, c
