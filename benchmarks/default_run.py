@@ -27,17 +27,34 @@ from common import ROOT, draw, write_result
 
 def plot(plt, result: dict):
     m = result["metrics"]
-    fig, ax = plt.subplots(figsize=(7, 4))
-    names = [k for k in ("train/ppl", "val/ppl", "test/ppl") if k in m]
-    bars = ax.bar(names, [m[k] for k in names], color=["tab:gray", "tab:blue", "tab:orange"][: len(names)])
-    ax.bar_label(bars, fmt="%.1f")
-    if "data/optimal_ppl" in m:
-        ax.axhline(m["data/optimal_ppl"], color="k", ls="--", label=f"optimal {m['data/optimal_ppl']:.1f}")
-        ax.legend(loc="lower right")
-    ax.set_ylabel("perplexity")
-    ax.set_title(f"{result['train_command']}: {result['wall_seconds']:.0f} s, peak RSS {result['peak_rss_mb']:.0f} MB, "
-                 f"{m.get('train/tokens_per_sec', float('nan')):.0f} tokens/s", fontsize=9)
+    optimal = m.get("data/optimal_ppl")
+    fig, ax = plt.subplots(1, 2, figsize=(10, 4))
+    ppl = result.get("val_ppl_per_epoch") or []
+    if optimal and ppl:
+        ax[0].plot(range(1, len(ppl) + 1), [p / optimal for p in ppl], "o-", label="val/ppl / optimal")
+        ax[0].axhline(1.05, color="gray", ls="--", label="1.05x (the aim)")
+        ax[0].set_xlabel("epoch")
+        ax[0].set_ylabel("val/ppl / data/optimal_ppl")
+        ax[0].legend()
+    else:  # an older JSON without the per-epoch curve: the final perplexities
+        names = [k for k in ("train/ppl", "val/ppl", "test/ppl") if k in m]
+        bars = ax[0].bar(names, [m[k] for k in names])
+        ax[0].bar_label(bars, fmt="%.1f")
+        if optimal:
+            ax[0].axhline(optimal, color="k", ls="--", label=f"optimal {optimal:.1f}")
+            ax[0].legend(loc="lower right")
+        ax[0].set_ylabel("perplexity")
+    purity = result.get("row_purity_per_round") or []
+    ax[1].plot(range(len(purity)), purity, "o-")
+    ax[1].set_xlabel("reallocation round (0: the starting table)")
+    ax[1].set_ylabel("realloc/row_purity")
+    ax[1].set_ylim(0, 1.02)
+    load = (result.get("load_average_1min_before_after") or [float("nan")])[0]
+    fig.suptitle(f"{result['train_command']}: {result['wall_seconds']:.0f} s wall (load {load:.1f}), "
+                 f"val/ppl {m['val/ppl']:.1f}, test/ppl {m.get('test/ppl', float('nan')):.1f}, "
+                 f"optimum {optimal or float('nan'):.1f}", fontsize=9)
     return fig
+
 
 EPOCH_END = re.compile(r"^epoch (\d+) (\d+)/(\d+) +100% (\d+)s")
 VALIDATION = re.compile(r"^epoch (\d+) validation .*val/ppl=([0-9.e+]+)")
