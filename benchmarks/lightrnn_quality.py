@@ -3,6 +3,7 @@
     python benchmarks/lightrnn_quality.py synthetic   # default synthetic language, default run length
     python benchmarks/lightrnn_quality.py ptb [--ptb ../shared/data/ptb] [--epochs 2]
     python benchmarks/lightrnn_quality.py lightsru_synthetic | lightsru_ptb   # LightSRU vs LightRNN
+    python benchmarks/lightrnn_quality.py start_purity   # realloc/row_purity of the starting tables, no training
     ... [--only NAME ...]   # rerun some configurations, keep the others from the existing JSON
     ... --plot-only         # redraw lightrnn_quality_<name>.png from the JSON, run nothing
 
@@ -37,7 +38,9 @@ def run(overrides: list[str]) -> dict:
         metrics = json.loads((run_dir / "metrics.json").read_text())
         log = (run_dir / "train.log").read_text()
     moved = [int(l.split("moved ")[1].split(" ")[0]) for l in log.splitlines() if "reallocation round" in l]
+    purity = [float(l.rsplit(": ", 1)[1]) for l in log.splitlines() if "row purity" in l]
     return {"overrides": overrides, "wall_seconds": round(wall, 1), "moved_words_per_round": moved,
+            "row_purity_per_round": purity,
             "metrics": {k: v for k, v in metrics.items() if not k.startswith("ckpt/")}}
 
 
@@ -52,6 +55,10 @@ def configurations(which: str, ptb: str, epochs: int) -> dict[str, list[str]]:
     if which == "synthetic":
         return {
             "lightrnn": ["model=lightrnn"],
+            # the start before the class-bigram refinement: k-means on left contexts only
+            "lightrnn_kmeans_start": ["model=lightrnn", "callbacks.reallocation.context_refine=0"],
+            # the reference point: every true class in a row of its own from the start
+            "lightrnn_true_classes": ["model=lightrnn", "callbacks.reallocation.initial_table=classes"],
             "lightrnn_paper_random_start": ["model=lightrnn", *PAPER],
             "lightrnn_frozen_random_table": ["model=lightrnn", *FROZEN_RANDOM],
         }
@@ -70,6 +77,36 @@ def configurations(which: str, ptb: str, epochs: int) -> dict[str, list[str]]:
     if which == "lightsru_ptb":
         return {"lightsru": ["model=lightsru", *common], "lightrnn": ["model=lightrnn", *common]}
     raise ValueError(which)
+
+
+def start_purity() -> None:
+    """``realloc/row_purity`` and seconds of each starting table on the default synthetic language."""
+    import numpy as np
+    from hydra import compose, initialize_config_dir
+    from hydra.utils import instantiate
+
+    from lrnn_lightning.allocation import row_purity, table_shape
+    from lrnn_lightning.allocation.context import context_table
+
+    with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "conf")):
+        cfg = compose("train", overrides=[f"paths.root_dir={ROOT}", f"paths.cache_dir={ROOT / '.cache'}"])
+    dm = instantiate(cfg.data)
+    dm.prepare_data()
+    ids = np.asarray(dm.ids["train"])
+    V = len(dm.vocab)
+    R, C = table_shape(V)
+    counts = np.bincount(ids, minlength=V)
+    classes = dm.corpus.word_classes(dm.vocab.words)
+    tables = {"random": lambda: np.random.default_rng(cfg.seed).permutation(R * C)[:V]}
+    for n in (0, 1, 3, 10, 20):
+        tables[f"context_refine_{n}"] = lambda n=n: context_table(ids, V, R, C, refine=n)
+    results = {}
+    for name, make in tables.items():
+        t = time.perf_counter()
+        cells = make()
+        results[name] = {"seconds": round(time.perf_counter() - t, 2), "row_purity": row_purity(cells // C, classes, counts)}
+        print(name, results[name], flush=True)
+    write_result("lightrnn_start_purity", {"vocab_size": V, "table": [R, C], "tables": results})
 
 
 def plot(plt, result: dict):
@@ -108,6 +145,8 @@ def plot(plt, result: dict):
 
 
 def main() -> None:
+    if sys.argv[1:] == ["start_purity"]:
+        return start_purity()
     ap = argparse.ArgumentParser()
     ap.add_argument("which", choices=["synthetic", "ptb", "lightsru_synthetic", "lightsru_ptb"])
     ap.add_argument("--ptb", default=str(ROOT.parent / "shared" / "data" / "ptb"))

@@ -128,3 +128,59 @@ def test_pair_counts_do_not_depend_on_how_often_they_are_folded():
     often = context._pair_matrix(tokens, feature, 300, 40, starts, length, chunk=1000, fold=2500)
     for a, b in ((once.data, often.data), (once.indices, often.indices), (once.indptr, often.indptr)):
         np.testing.assert_array_equal(a, b)
+
+
+# ---- the class-bigram refinement and realloc/row_purity ----------------------------------------------
+def _class_language_stream(num_words=600, num_classes=20, tokens=40_000, seed=5):
+    lang = ClassMarkovLanguage(LanguageSpec(num_words=num_words, num_classes=num_classes, successors=4, seed=seed))
+    stream = np.concatenate([np.append(s, num_words) for s in lang.sample(tokens, seed=1)]).astype(np.int32)
+    classes = np.append(lang.word_class - 1, -1)  # the sentence end (id num_words) has no class
+    return stream, classes, num_words + 1
+
+
+def test_row_purity_is_one_for_the_true_classes_and_low_for_a_random_table():
+    from lrnn_lightning.allocation import row_purity, table_shape
+
+    tokens, classes, V = _class_language_stream()
+    counts = np.bincount(tokens, minlength=V)
+    assert row_purity(np.where(classes >= 0, classes, 0), classes, counts) == 1.0
+    # a class split over two rows is still pure; two classes sharing a row are not
+    split = np.where(classes >= 0, 2 * classes + (np.arange(V) % 2), 0)
+    assert row_purity(split, classes, counts) == 1.0
+    merged = np.where(classes >= 0, classes // 2, 0)
+    assert 0.5 < row_purity(merged, classes, counts) < 0.9
+    R, C = table_shape(V)
+    rand = np.random.default_rng(0).permutation(R * C)[:V] // C
+    assert row_purity(rand, classes, counts) < 0.3  # ~ the chance that two tokens share a class (20 classes)
+    # by hand: row 0 holds two words of class 0 (3 and 1 tokens) and one of class 1 (2 tokens), row 1
+    # a word of class 1 (5 tokens) and one without a class; row 2 a word of class 1 (7 tokens)
+    # and one of class 2 (1 token)
+    expected = (3 * 1 / 3 + 1 * 3 / 5 + 2 * 0 / 4 + 7 * 0 / 1 + 1 * 0 / 7) / (3 + 1 + 2 + 7 + 1)
+    got = row_purity([0, 0, 0, 1, 1, 2, 2], [0, 0, 1, 1, -1, 1, 2], [3, 1, 2, 5, 100, 7, 1])
+    assert got == pytest.approx(expected)
+
+
+def test_refinement_finds_the_classes_that_left_contexts_alone_miss():
+    tokens, classes, V = _class_language_stream(num_words=2000, num_classes=40, tokens=60_000)
+    from lrnn_lightning.allocation import row_purity, table_shape
+
+    R, C = table_shape(V)
+    counts = np.bincount(tokens, minlength=V)
+    purity = {n: row_purity(context_table(tokens, V, R, C, refine=n) // C, classes, counts) for n in (0, 10)}
+    assert purity[10] > 0.95 and purity[10] > purity[0] + 0.04, purity  # measured 0.907 -> 0.970
+
+
+def test_assignment_by_candidates_respects_capacity_and_preference():
+    rng = np.random.default_rng(0)
+    V, R, cap = 500, 12, 45
+    score = rng.standard_normal((V, R))
+    score[:, 3] += 5.0  # everyone's favourite row: only the first cap words in order get it
+    order = rng.permutation(V)
+
+    def ranked(words, full):
+        s = np.where(full[None, :], -np.inf, score[words])
+        return np.argsort(-s, axis=1, kind="stable")[:, :4]
+
+    row = context._assign_by_candidates(ranked, order, cap, R, V)
+    assert (row >= 0).all() and np.bincount(row, minlength=R).max() <= cap
+    assert set(np.flatnonzero(row == 3).tolist()) == set(order[:cap].tolist())

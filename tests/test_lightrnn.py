@@ -278,3 +278,25 @@ def test_paper_experiments_have_the_papers_sizes(experiment, vocab, expected):
     head = instantiate(cfg.model.head)(vocab_size=vocab, input_size=core.input_size, hidden_size=core.output_size)
     total = sum(p.numel() for m in (core, head) for p in m.parameters())
     assert total == pytest.approx(expected, rel=0.1)
+
+
+def test_row_purity_is_logged_at_the_start_and_after_every_round(make_cfg, tmp_path):
+    import csv
+
+    base = [*(o for o in LIGHT if o != "logger=none"), "trainer.max_epochs=2", "callbacks.reallocation.skip_last_epoch=false"]
+    metrics = train(make_cfg(base))
+    rows = list(csv.DictReader(open(next((tmp_path / "run").rglob("metrics.csv")))))
+    logged = [(int(r["step"]), float(r["realloc/row_purity"])) for r in rows if r.get("realloc/row_purity")]
+    rounds = [int(r["step"]) for r in rows if r.get("realloc/round")]
+    assert len(rounds) == 2 and [s for s, _ in logged] == [0, *rounds]  # the start, then each round
+    assert all(0.0 <= p <= 1.0 for _, p in logged)
+    assert metrics["realloc/row_purity"] == pytest.approx(logged[-1][1])
+    # the true classes in rows of their own (10 words a class, 11 a row): purity 1 from the start
+    oracle = train(make_cfg([*LIGHT, "trainer.max_epochs=1", "callbacks.reallocation.initial_table=classes",
+                             "data.corpus.num_words=100",
+                             "callbacks.reallocation.max_rounds=0"], run="oracle"))
+    assert oracle["realloc/row_purity"] == 1.0
+    # a frozen random table of the 10-class language is far from it
+    frozen = train(make_cfg([*LIGHT, "trainer.max_epochs=1", "callbacks.reallocation.initial_table=model",
+                             "callbacks.reallocation.max_rounds=0"], run="frozen"))
+    assert frozen["realloc/row_purity"] < 0.4

@@ -289,8 +289,93 @@ def _centroids(E: np.ndarray, row: np.ndarray, weight: np.ndarray, rows: int) ->
     return sums.numpy().astype(np.float64), mass
 
 
+def bigram_counts(tokens: np.ndarray, vocab_size: int, max_tokens: int = 20_000_000, chunk: int = 5_000_000,
+                  blocks: int = 1000) -> sp.csr_matrix:
+    """``B[prev, next]``: how often ``next`` follows ``prev`` inside the blocks of :func:`pair_blocks`."""
+    starts, length = pair_blocks(len(tokens), max_tokens, blocks)
+    ident = np.arange(vocab_size, dtype=np.int64)
+    return _pair_matrix(tokens, ident, vocab_size, vocab_size, starts, length, chunk).T.tocsr()
+
+
+def _one_hot(row: np.ndarray, rows: int) -> sp.csr_matrix:
+    return sp.csr_matrix((np.ones(len(row)), (np.arange(len(row)), row)), shape=(len(row), rows))
+
+
+def _assign_by_candidates(candidates, order: np.ndarray, capacity: int, rows: int, vocab_size: int) -> np.ndarray:
+    """Rows of at most ``capacity`` words by proposal rounds: every unassigned word proposes to its
+    next preferred row and each row keeps its earliest proposers in ``order`` while it has room;
+    words rejected by all their candidates ask ``candidates(words, full)`` again among the rows
+    with room (each such word was turned away by rows now full, so every pass fills a row)."""
+    left = np.full(rows, capacity, dtype=np.int64)
+    row = np.full(vocab_size, -1, dtype=np.int64)
+    todo = order.copy()
+    while len(todo):
+        cand = candidates(todo, left == 0)
+        pending = np.arange(len(todo))
+        for j in range(cand.shape[1]):
+            want = cand[pending, j]
+            by_row = np.argsort(want, kind="stable")
+            ranked = want[by_row]
+            first = np.concatenate([[0], np.cumsum(np.bincount(ranked, minlength=rows))[:-1]])
+            accepted = np.empty(len(pending), dtype=bool)
+            accepted[by_row] = (np.arange(len(ranked)) - first[ranked]) < left[ranked]
+            taken = want[accepted]
+            row[todo[pending[accepted]]] = taken
+            left -= np.bincount(taken, minlength=rows)
+            pending = pending[~accepted]
+            if not len(pending):
+                break
+        todo = todo[pending]
+    return row
+
+
+def refine_rows(bigrams: sp.csr_matrix, row: np.ndarray, counts: np.ndarray, rows: int, capacity: int,
+                iterations: int = 10, smoothing: float = 0.5, candidates: int = 16,
+                chunk: int = 16384) -> np.ndarray:
+    """Improve a row assignment as a class-bigram model (the exchange algorithm's objective).
+
+    Rows are word classes; word ``w`` placed in row ``k`` scores the log-likelihood of its
+    neighbours' rows: ``sum_j n(j -> w) log P(prev row j | row k) + n(w -> j) log P(next row j | row k)``
+    (with ``P(w | k)`` this is exactly the class-bigram model's log-likelihood, up to terms that do
+    not depend on ``k``). Every iteration re-estimates the row-to-row transitions from the current
+    rows and moves all words at once to their best row with room, the most frequent first; it
+    stops at a fixed point. ``smoothing``: pseudo-counts spread by the rows' frequencies.
+    """
+    V = len(row)
+    order = np.argsort(-counts, kind="stable")
+    Bt = bigrams.T.tocsr()
+    for _ in range(max(0, iterations)):
+        S = _one_hot(row, rows)
+        left = (Bt @ S).tocsr()  # left[w, j]: tokens of row j right before w
+        right = (bigrams @ S).tocsr()  # right[w, j]: tokens of row j right after w
+        N = np.asarray((S.T @ right).todense())  # N[k, j]: row k followed by row j
+        prior = (N.sum(0) + N.sum(1)) / max(2.0 * N.sum(), 1.0)
+        prev = N.T + smoothing * prior[None, :]
+        nxt = N + smoothing * prior[None, :]
+        log_prev = np.log(prev / prev.sum(1, keepdims=True)).T.copy()
+        log_next = np.log(nxt / nxt.sum(1, keepdims=True)).T.copy()
+
+        def ranked(words, full, left=left, right=right, log_prev=log_prev, log_next=log_next):
+            m = min(candidates, int((~full).sum()))
+            out = np.empty((len(words), m), dtype=np.int64)
+            mask = torch.from_numpy(full)
+            for a in range(0, len(words), chunk):
+                w = words[a:a + chunk]
+                # sparse x dense: a word has neighbours in few rows, so the cost is its nonzeros x R
+                score = torch.from_numpy(np.asarray(left[w] @ log_prev + right[w] @ log_next, dtype=np.float32))
+                score.masked_fill_(mask[None, :], float("-inf"))
+                out[a:a + chunk] = torch.topk(score, m, dim=1).indices.numpy()
+            return out
+
+        new = _assign_by_candidates(ranked, order, capacity, rows, V)
+        if np.array_equal(new, row):
+            break
+        row = new
+    return row
+
+
 def context_table(tokens: np.ndarray, vocab_size: int, rows: int, cols: int, iterations: int = 10,
-                  seed: int = 0, **embedding_kwargs) -> np.ndarray:
+                  seed: int = 0, refine: int = 10, **embedding_kwargs) -> np.ndarray:
     """Cells ``row * cols + col`` for every word (a permutation into the table): see the module doc."""
     if rows * cols < vocab_size:
         raise ValueError(f"a {rows}x{cols} table has fewer cells than {vocab_size} words")
@@ -307,7 +392,15 @@ def context_table(tokens: np.ndarray, vocab_size: int, rows: int, cols: int, ite
         sums, mass = _centroids(E, row, weight, rows)
         nonempty = mass > 0
         centroids[nonempty] = (sums[nonempty] / mass[nonempty, None]).astype(np.float32)
-    # within a row, the more frequent word takes the lower column
+    if refine > 0:
+        keys = {k: embedding_kwargs[k] for k in ("max_tokens", "chunk", "blocks") if k in embedding_kwargs}
+        row = refine_rows(bigram_counts(tokens, vocab_size, **keys), row, counts, rows, cols, iterations=refine)
+    return cells_from_rows(row, counts, rows, cols)
+
+
+def cells_from_rows(row: np.ndarray, counts: np.ndarray, rows: int, cols: int) -> np.ndarray:
+    """Within a row, the more frequent word takes the lower column."""
+    vocab_size = len(row)
     cells = np.empty(vocab_size, dtype=np.int64)
     rank = np.empty(vocab_size, dtype=np.int64)
     by_row = np.lexsort((np.arange(vocab_size), -counts, row))  # by row, then frequency

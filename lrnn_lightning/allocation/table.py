@@ -4,8 +4,35 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 from torch import nn
+
+
+def row_purity(rows, classes, counts) -> float:
+    """How well the rows of a table match known word classes (synthetic data), in ``[0, 1]``.
+
+    For a word ``w`` of class ``k`` in row ``r``, its share is the fraction of the training tokens
+    (``counts``) of the *other* words in ``r`` that belong to ``k``; purity is the mean share over
+    the training tokens (``sum_w counts[w] * share[w] / sum_w counts[w]``): how much of a token's
+    row it shares with its own class. A table whose rows are the classes has purity 1 (also when a
+    class spans several rows of its own), a random table about ``1 / #classes`` (0.012 on the
+    default 10,000-word, 100-class language). Words without a class (``classes < 0``: ``<eos>``,
+    ``<unk>``) count neither way, nor do words whose row holds no other tokens.
+    """
+    rows, classes, counts = (np.asarray(x, dtype=np.int64) for x in (rows, classes, counts))
+    keep = classes >= 0
+    rows, classes, counts = rows[keep], classes[keep], counts[keep].astype(np.float64)
+    if not len(rows):
+        return float("nan")
+    m = np.zeros((int(rows.max()) + 1, int(classes.max()) + 1))
+    np.add.at(m, (rows, classes), counts)
+    same = m[rows, classes] - counts  # tokens of the word's class in its row, the word's own left out
+    others = m.sum(1)[rows] - counts  # tokens of every other classed word in its row
+    ok = (others > 0) & (counts > 0)
+    if not ok.any():
+        return float("nan")
+    return float((counts[ok] * same[ok] / others[ok]).sum() / counts[ok].sum())
 
 
 def table_shape(vocab_size: int) -> tuple[int, int]:

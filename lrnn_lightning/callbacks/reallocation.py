@@ -13,6 +13,7 @@ import torch
 from lrnn_lightning.allocation.context import context_table
 from lrnn_lightning.allocation.solvers import CHUNK_WORDS, EXACT_MAX_WORDS, CandidateBuilder, candidate_width, solve
 from lrnn_lightning.allocation.stats import token_counts
+from lrnn_lightning.allocation.table import row_purity
 from lrnn_lightning.atomic import atomic_path
 
 log = logging.getLogger(__name__)
@@ -37,8 +38,14 @@ class Reallocation(L.Callback):
 
     initial_table: ``model`` keeps the table the head was built with (``table_init``: random, as
     in the paper, or by frequency); ``context`` replaces it, before the first training step of a
-    fresh run, by a clustering of the words by their left contexts in the training data
-    (``lrnn_lightning.allocation.context``), so that rows start as word classes.
+    fresh run, by a clustering of the words by their contexts in the training data
+    (``lrnn_lightning.allocation.context``: k-means on left contexts, then ``context_refine``
+    iterations of class-bigram refinement), so that rows start as word classes; ``classes`` (the
+    synthetic language only, a reference point for experiments) puts each true class in a row.
+
+    On data that knows its words' classes (``data=synthetic``), ``realloc/row_purity`` (see
+    ``lrnn_lightning.allocation.row_purity``) is logged for the table training starts from and
+    after every round.
 
     move_penalty: nats per occurrence charged for changing a word's row, and again for changing its
     column. The statistics price each cell by the current model's output losses only; a moved word
@@ -55,15 +62,18 @@ class Reallocation(L.Callback):
                  statistics: str = "during", method: str = "auto", top_k: int | None = None,
                  skip_last_epoch: bool = True, initial_table: str = "model", move_penalty: float = 0.0,
                  sample_rows: int = 8, words_per_row: int = 12, tolerance: float | None = None,
-                 save_statistics: str | None = None):
+                 save_statistics: str | None = None, context_refine: int = 10):
         if statistics not in ("during", "extra_pass"):
             raise ValueError("statistics must be 'during' or 'extra_pass'")
         self.every_n_epochs, self.max_rounds = every_n_epochs, max_rounds
         self.min_moved_fraction, self.statistics = min_moved_fraction, statistics
-        if initial_table not in ("model", "context"):
-            raise ValueError(f"initial_table must be 'model' or 'context', got '{initial_table}'")
+        if initial_table not in ("model", "context", "classes"):
+            raise ValueError(f"initial_table must be 'model', 'context' or 'classes', got '{initial_table}'")
         self.method, self.top_k, self.skip_last_epoch = method, top_k, skip_last_epoch
         self.initial_table, self.initialized = initial_table, False
+        self.context_refine = context_refine
+        self._classes: np.ndarray | None = None
+        self._counts: np.ndarray | None = None
         if move_penalty < 0:
             raise ValueError(f"move_penalty must be >= 0 (nats per occurrence), got {move_penalty}")
         self.move_penalty = move_penalty
@@ -96,7 +106,9 @@ class Reallocation(L.Callback):
             return
         ids = getattr(getattr(trainer, "datamodule", None), "ids", None) or {}
         if ids.get("train") is not None:  # tiers of the statistics: the same on every rank
-            head.stats.configure(token_counts(ids["train"], head.vocab_size))
+            self._counts = token_counts(ids["train"], head.vocab_size)
+            head.stats.configure(self._counts)
+        self._classes = self._word_classes(trainer, head)
         if self._resumed_stats is not None:  # a mid-epoch checkpoint: its partial statistics go on
             head.stats.start(pl_module.device)
             if trainer.is_global_zero:
@@ -104,9 +116,41 @@ class Reallocation(L.Callback):
             self._resumed_stats = None
             self._keep_started = True
         self._context_start(trainer, pl_module, head)
+        purity = self.row_purity(head)
+        if purity is not None:
+            self.metrics["realloc/row_purity"] = purity
+            log.info("row purity of the starting table: %.4f", purity)
+            self._log_metrics(trainer, {"realloc/row_purity": purity})
+
+    @staticmethod
+    def _log_metrics(trainer, metrics: dict[str, float]) -> None:
+        """Straight to the loggers at the current step: ``self.log`` from a batch hook would reach
+        them only on a step that ``log_every_n_steps`` divides, and a round happens once an epoch."""
+        if trainer.is_global_zero:
+            for lg in trainer.loggers:
+                lg.log_metrics(dict(metrics), step=trainer.global_step)
+
+    @staticmethod
+    def _word_classes(trainer, head) -> np.ndarray | None:
+        """Each word's true class where the data knows it (the synthetic language), else None."""
+        dm = getattr(trainer, "datamodule", None)
+        corpus, vocab = getattr(dm, "corpus", None), getattr(dm, "vocab", None)
+        if vocab is None or not hasattr(corpus, "word_classes") or len(vocab.words) != head.vocab_size:
+            return None
+        return corpus.word_classes(vocab.words)
+
+    def row_purity(self, head) -> float | None:
+        """``realloc/row_purity`` of the current table (None without known classes and counts)."""
+        if self._classes is None or self._counts is None:
+            return None
+        return row_purity(head.table.row(torch.arange(head.vocab_size, device=head.table.cell.device)).cpu().numpy(),
+                          self._classes, self._counts)
 
     def _context_start(self, trainer, pl_module, head) -> None:
-        if self.initial_table != "context" or self.initialized or trainer.global_step > 0:
+        if self.initial_table == "model" or self.initialized or trainer.global_step > 0:
+            return
+        if self.initial_table == "classes":
+            self._classes_start(trainer, head)
             return
         if getattr(trainer.datamodule, "ids", None) is None:
             log.warning("initial_table=context needs the LMDataModule's token ids; keeping the model's table")
@@ -115,12 +159,37 @@ class Reallocation(L.Callback):
         cells = None
         if trainer.is_global_zero:
             table = head.table
-            cells = context_table(trainer.datamodule.ids["train"], head.vocab_size, table.rows, table.cols)
+            cells = context_table(trainer.datamodule.ids["train"], head.vocab_size, table.rows, table.cols,
+                                  refine=self.context_refine)
         cells = trainer.strategy.broadcast(cells, src=0)
         moved = head.table.assign(torch.as_tensor(cells))
         self.initialized = True
-        log.info("initial table from left contexts: %d words placed in %.1f s; table %s", moved,
+        log.info("initial table from contexts: %d words placed in %.1f s; table %s", moved,
                  time.perf_counter() - t0, head.table.fingerprint())
+
+    def _classes_start(self, trainer, head) -> None:
+        """Each true class in rows of its own (synthetic data): the table a perfect clustering finds.
+        A class larger than a row takes several; words without a class (``<eos>``, ``<unk>``) share
+        the last ones."""
+        if self._classes is None or self._counts is None:
+            raise ValueError("callbacks.reallocation.initial_table=classes needs data that knows its words' "
+                             "classes (data=synthetic); use initial_table=context or model")
+        table, classes = head.table, self._classes
+        group = np.where(classes >= 0, classes, classes.max() + 1)
+        # words by class, the frequent first; each class starts on a fresh row
+        order = np.lexsort((np.arange(len(group)), -self._counts, group))
+        start = np.searchsorted(group[order], np.arange(group.max() + 1))
+        size = np.diff(np.append(start, len(order)))
+        first_row = np.concatenate([[0], np.cumsum(-(-size // table.cols))])
+        if first_row[-1] > table.rows:
+            raise ValueError(f"initial_table=classes: {len(size)} classes need {first_row[-1]} rows of "
+                             f"{table.cols} words, the table has {table.rows}")
+        rank = np.arange(len(order)) - start[group[order]]
+        cells = np.empty(len(order), dtype=np.int64)
+        cells[order] = (first_row[group[order]] + rank // table.cols) * table.cols + rank % table.cols
+        head.table.assign(torch.as_tensor(cells))
+        self.initialized = True
+        log.info("initial table from the true classes: table %s", head.table.fingerprint())
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         head = self.head_of(pl_module)
@@ -143,7 +212,7 @@ class Reallocation(L.Callback):
         head.stats.stop()
         metrics = self.round(trainer, head)
         self._reset_plateau(trainer)
-        pl_module.log_dict(metrics, on_step=True, on_epoch=False, rank_zero_only=True)
+        self._log_metrics(trainer, metrics)
         self._log_rows(trainer, head)
 
     @staticmethod
@@ -216,6 +285,10 @@ class Reallocation(L.Callback):
         self.rounds += 1
         info.update({"realloc/moved_words": float(moved), "realloc/seconds": time.perf_counter() - t0,
                      "realloc/round": float(self.rounds)})
+        purity = self.row_purity(head)
+        if purity is not None:
+            info["realloc/row_purity"] = purity
+            log.info("row purity after round %d: %.4f", self.rounds, purity)
         if moved < self.min_moved_fraction * head.vocab_size:
             self.stopped = True
         self.metrics = info

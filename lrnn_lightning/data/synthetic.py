@@ -221,6 +221,14 @@ class SyntheticCorpus:
             if n < 1:
                 raise ValueError(f"data.{split}_tokens must be positive")
 
+    def word_classes(self, words: list[str]) -> np.ndarray:
+        """The true class (``0 .. num_classes - 1``) of each of ``words`` (a vocabulary's words, in id
+        order); -1 for ``<eos>``, ``<unk>`` and anything that is not a word of the language. For
+        diagnostics (``realloc/row_purity``) only: no model sees it."""
+        lang = ClassMarkovLanguage(self.spec)
+        index = {w: i for i, w in enumerate(lang.words)}
+        return np.array([lang.word_class[index[w]] - 1 if w in index else -1 for w in words], dtype=np.int64)
+
     def key(self) -> str:
         src = json.dumps({"spec": asdict(self.spec), "tokens": self.tokens, "version": 1}, sort_keys=True)
         return hashlib.sha256(src.encode()).hexdigest()[:16]
