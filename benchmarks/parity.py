@@ -105,14 +105,16 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--ptb", default=str(ROOT.parent / "shared" / "data" / "ptb"))
     p.add_argument("--wikitext2", default=str(ROOT.parent / "shared" / "data" / "wikitext-2"))
-    p.add_argument("--models", nargs="+", default=list(MODELS))
+    p.add_argument("--models", nargs="+", default=["lstm", "lightrnn", "adaptive"],
+                   help="the first one's runs are started first (the longest)")
     p.add_argument("--lrs", nargs="+", type=float, default=[0.001, 0.003, 0.01])
     p.add_argument("--select-epochs", type=int, default=1)
     p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--minutes", type=float, default=15)
+    p.add_argument("--minutes", type=float, default=12)
     p.add_argument("--val-every", type=int, default=250)
     p.add_argument("--jobs", type=int, default=2)
     p.add_argument("--stages", nargs="+", default=["select", "ptb", "wikitext2"])
+    p.add_argument("--rerun", action="store_true", help="run again what the JSON already holds")
     p.add_argument("--extra", nargs="*", default=[], help="overrides added to every run (e.g. a quick check)")
     p.add_argument("--plot-only", action="store_true")
     args = p.parse_args()
@@ -123,25 +125,31 @@ def main() -> None:
         return
     results = Results(args)
     ptb = ["data=ptb", f"data.root={args.ptb}"]
-    jobs: list[tuple[str, str, dict, list[str]]] = []  # (stage, key, record, overrides); waits on its model's lr
-    if "select" in args.stages:
-        for lr in args.lrs:
-            for model in args.models:
-                jobs.append(("lr", f"{model}_lr{lr:g}", {"model": model, "lr": lr},
-                             [f"model={model}", *ptb, f"trainer.max_epochs={args.select_epochs}",
-                              f"model.optimizer.lr={lr}"]))
-    pending_lr = {m: sum(1 for j in jobs if j[2]["model"] == m) for m in args.models}
-    for model in args.models:  # the long PTB runs first (better packing), then the WikiText-2 ones
-        if "ptb" in args.stages:
-            jobs.append(("ptb", model, {"model": model}, [f"model={model}", *ptb, f"trainer.max_epochs={args.epochs}"]))
+    done = {(stage, key) for stage in results.data for key, r in results.data[stage]["runs"].items()
+            if "error" not in r and not args.rerun}
+    select, long, wiki = {}, {}, {}  # (stage, key, record, overrides) per model; a job waits on its model's lr
     for model in args.models:
-        if "wikitext2" in args.stages:
-            budget = int(args.minutes * 60)
-            jobs.append(("wikitext2", model, {"model": model},
-                         [f"model={model}", "data=wikitext2", f"data.root={args.wikitext2}", "trainer.max_epochs=1000",
-                          f"trainer.max_time='00:{budget // 3600:02d}:{budget // 60 % 60:02d}:{budget % 60:02d}'",
-                          f"trainer.val_check_interval={args.val_every}",
-                          "trainer.check_val_every_n_epoch=null"]))
+        select[model] = [("lr", f"{model}_lr{lr:g}", {"model": model, "lr": lr},
+                          [f"model={model}", *ptb, f"trainer.max_epochs={args.select_epochs}",
+                           f"model.optimizer.lr={lr}"]) for lr in args.lrs] if "select" in args.stages else []
+        long[model] = [("ptb", model, {"model": model}, [f"model={model}", *ptb, f"trainer.max_epochs={args.epochs}"])] \
+            if "ptb" in args.stages else []
+        budget = int(args.minutes * 60)
+        wiki[model] = [("wikitext2", model, {"model": model},
+                        [f"model={model}", "data=wikitext2", f"data.root={args.wikitext2}", "trainer.max_epochs=1000",
+                         f"trainer.max_time='00:{budget // 3600:02d}:{budget // 60 % 60:02d}:{budget % 60:02d}'",
+                         f"trainer.val_check_interval={args.val_every}",
+                         "trainer.check_val_every_n_epoch=null"])] if "wikitext2" in args.stages else []
+    # packing on few cores: the first model's selection and its PTB run go first (the full softmax's is
+    # the longest run), then the others' selection, the equal-time WikiText-2 runs, the remaining PTB runs
+    first, rest = args.models[0], args.models[1:]
+    order = [*select[first], *long[first], *(j for m in rest for j in select[m]), *(j for m in args.models for j in wiki[m]),
+             *(j for m in rest for j in long[m])]
+    jobs = [j for j in order if (j[0], j[1]) not in done]
+    for j in order:
+        if (j[0], j[1]) in done:
+            print(f"[{j[0]}:{j[1]}] kept from the existing JSON (--rerun runs it again)", flush=True)
+    pending_lr = {m: sum(1 for j in jobs if j[0] == "lr" and j[2]["model"] == m) for m in args.models}
     cond = threading.Condition()
 
     def take():
