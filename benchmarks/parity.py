@@ -117,7 +117,11 @@ def main() -> None:
     p.add_argument("--rerun", action="store_true", help="run again what the JSON already holds")
     p.add_argument("--extra", nargs="*", default=[], help="overrides added to every run (e.g. a quick check)")
     p.add_argument("--plot-only", action="store_true")
+    p.add_argument("--table", action="store_true", help="print the README's tables from the JSON, run nothing")
     args = p.parse_args()
+    if args.table:
+        print(tables())
+        return
     if args.plot_only:
         for stage in ("lr", "ptb", "wikitext2"):
             if (RESULTS / f"parity_{stage}.json").exists():
@@ -190,6 +194,57 @@ def main() -> None:
         t.join()
 
 
+def best_within(curve: list[dict], seconds: float) -> tuple[float, int]:
+    """The best val/ppl among the validations that ended within ``seconds``, and how many there were."""
+    inside = [c["val_ppl"] for c in curve if c["seconds"] <= seconds]
+    return (min(inside) if inside else float("nan")), len(inside)
+
+
+def tables() -> str:
+    """Markdown tables (the README's) from results/parity_*.json."""
+    def load(stage):
+        path = RESULTS / f"parity_{stage}.json"
+        return json.loads(path.read_text()) if path.exists() else {"runs": {}}
+
+    lr_runs, out = load("lr")["runs"], []
+    nan = float("nan")
+    for stage in ("ptb", "wikitext2"):
+        result = load(stage)
+        runs, budget = result["runs"], result.get("budget_seconds")
+        base = runs.get("lstm", {})
+        out.append(f"\n{stage}" + (f" (budget {budget / 60:g} min)" if budget else "") + "\n")
+        if budget:
+            out.append("| model | lr | best val/ppl of the validations ended within the budget (count) | ÷ lstm | "
+                       "val/ppl, test/ppl of the best checkpoint at the end | params/embedding | ÷ | train tokens/s |")
+            out.append("|---|---|---|---|---|---|---|---|")
+        else:
+            out.append("| model | lr (PTB val/ppl after 1 epoch at each lr) | best val/ppl (epoch) | ÷ lstm | test/ppl | "
+                       "params/embedding | ÷ | train tokens/s | wall |")
+            out.append("|---|---|---|---|---|---|---|---|---|")
+        for model in MODELS:
+            r = runs.get(model)
+            if not r or "metrics" not in r:
+                continue
+            m, bm = r["metrics"], base.get("metrics", {})
+            emb = bm.get("params/embedding", nan) / m["params/embedding"]
+            if budget:
+                mine, n = best_within(r["val_curve"], budget)
+                theirs = best_within(base.get("val_curve", []), budget)[0]
+                out.append(f"| `{model}` | {r['lr']:g} | **{mine:.1f}** ({n}) | {mine / theirs:.3f} | "
+                           f"{m['val/ppl']:.1f}, {m.get('test/ppl', nan):.1f} | {m['params/embedding']:,} | {emb:.1f}x | "
+                           f"{m.get('train/tokens_per_sec', 0):,.0f} |")
+                continue
+            tried = ", ".join(f"{x['lr']:g}: {x['metrics']['val/ppl']:.1f}" for x in
+                              sorted(lr_runs.values(), key=lambda x: x["lr"]) if x.get("model") == model and "metrics" in x)
+            curve = [c["val_ppl"] for c in r["val_curve"]]
+            epoch = curve.index(min(curve)) + 1 if curve else None
+            ratio = m["val/ppl"] / bm["val/ppl"] if bm else nan
+            out.append(f"| `{model}` | **{r['lr']:g}** ({tried}) | **{m['val/ppl']:.1f}** ({epoch}) | {ratio:.3f} | "
+                       f"{m.get('test/ppl', nan):.1f} | {m['params/embedding']:,} | {emb:.1f}x | "
+                       f"{m.get('train/tokens_per_sec', 0):,.0f} | {r['wall_seconds'] / 60:.1f} min |")
+    return "\n".join(out)
+
+
 COLORS = {"lightrnn": "tab:red", "lstm": "tab:blue", "adaptive": "tab:green"}
 
 
@@ -222,6 +277,8 @@ def plot_curves(title):
                        color=COLORS.get(key), label=key)
         ax[0].set_xlabel("validation #" if "budget_seconds" in result else "epoch")
         ax[1].set_xlabel("wall time (min)")
+        if result.get("budget_seconds"):
+            ax[1].axvline(result["budget_seconds"] / 60, color="gray", linestyle="--", label="budget")
         for a in ax:
             a.set_ylabel("val/ppl")
             a.set_yscale("log")
