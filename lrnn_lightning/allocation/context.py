@@ -198,14 +198,8 @@ def _balanced_assign_parallel(E: np.ndarray, centroids: np.ndarray, order: np.nd
                 more[need] = _nearest_torch(distinct[uniq[need]], centroids, width, exclude=full)
                 cand = more
             want = cand[back[pending], j]
-            by_row = np.argsort(want, kind="stable")
-            rows = want[by_row].astype(np.int64)
-            first = np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=R))[:-1]])
-            accepted = np.empty(len(pending), dtype=bool)
-            accepted[by_row] = (np.arange(len(rows)) - first[rows]) < left[rows]
-            taken = want[accepted].astype(np.int64)
-            row[todo[pending[accepted]]] = taken
-            left -= np.bincount(taken, minlength=R)
+            accepted = _accept_in_order(want, left)
+            row[todo[pending[accepted]]] = want[accepted]
             pending = pending[~accepted]
             if not len(pending):
                 break
@@ -301,6 +295,20 @@ def _one_hot(row: np.ndarray, rows: int) -> sp.csr_matrix:
     return sp.csr_matrix((np.ones(len(row)), (np.arange(len(row)), row)), shape=(len(row), rows))
 
 
+def _accept_in_order(want: np.ndarray, left: np.ndarray) -> np.ndarray:
+    """One proposal step: the i-th pending word (in priority order) asks for row ``want[i]``; every
+    row accepts its earliest askers while it has room. Returns the accepted mask and takes the
+    accepted words off ``left`` (each row's room, updated in place). ``want`` may be a narrow
+    integer type: numpy sorts 16-bit keys by radix."""
+    by_row = np.argsort(want, kind="stable")
+    ranked = want[by_row].astype(np.int64)
+    first = np.concatenate([[0], np.cumsum(np.bincount(ranked, minlength=len(left)))[:-1]])
+    accepted = np.empty(len(want), dtype=bool)
+    accepted[by_row] = (np.arange(len(ranked)) - first[ranked]) < left[ranked]
+    left -= np.bincount(want[accepted].astype(np.int64), minlength=len(left))
+    return accepted
+
+
 def _assign_by_candidates(candidates, order: np.ndarray, capacity: int, rows: int, vocab_size: int) -> np.ndarray:
     """Rows of at most ``capacity`` words by proposal rounds: every unassigned word proposes to its
     next preferred row and each row keeps its earliest proposers in ``order`` while it has room;
@@ -314,14 +322,8 @@ def _assign_by_candidates(candidates, order: np.ndarray, capacity: int, rows: in
         pending = np.arange(len(todo))
         for j in range(cand.shape[1]):
             want = cand[pending, j]
-            by_row = np.argsort(want, kind="stable")
-            ranked = want[by_row]
-            first = np.concatenate([[0], np.cumsum(np.bincount(ranked, minlength=rows))[:-1]])
-            accepted = np.empty(len(pending), dtype=bool)
-            accepted[by_row] = (np.arange(len(ranked)) - first[ranked]) < left[ranked]
-            taken = want[accepted]
-            row[todo[pending[accepted]]] = taken
-            left -= np.bincount(taken, minlength=rows)
+            accepted = _accept_in_order(want, left)
+            row[todo[pending[accepted]]] = want[accepted]
             pending = pending[~accepted]
             if not len(pending):
                 break
