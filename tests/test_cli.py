@@ -1,7 +1,9 @@
 """The entry points as a user runs them: real subprocesses of train.py, eval.py and generate.py."""
 
+import csv
 import json
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -39,6 +41,16 @@ def test_train_writes_metrics_json_checkpoints_and_hydra_dir(trained):
     # plain progress lines in a pipe, not a redrawn bar
     assert "epoch 0 validation" in stdout and "\r" not in stdout
     assert (run / "csv" / "metrics.csv").is_file()
+    # every validation line shows its own val/ppl over the optimum, as logged for that epoch
+    shown = {int(m[1]): dict(kv.split("=") for kv in m[2].split())
+             for m in re.finditer(r"^epoch (\d+) validation  (.*)$", stdout, re.M)}
+    logged = {int(r["epoch"]): float(r["val/ppl_over_optimal"])
+              for r in csv.DictReader(open(run / "csv" / "metrics.csv")) if r["val/ppl_over_optimal"]}
+    assert len(shown) >= 2 and set(shown) == set(logged)
+    for epoch, values in shown.items():
+        assert float(values["val/ppl_over_optimal"]) == pytest.approx(logged[epoch], rel=1e-3)
+        assert float(values["val/ppl_over_optimal"]) == pytest.approx(
+            float(values["val/ppl"]) / metrics["data/optimal_ppl"], rel=1e-3)
 
 
 def test_eval_reproduces_the_reported_test_perplexity(trained):

@@ -81,6 +81,12 @@ class PlainProgressBar(ProgressBar):
         if trainer.sanity_checking:
             return
         shown = {k: v for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+        # the dashboard logs val/ppl_over_optimal at the epoch's end, after this line: what
+        # callback_metrics holds now is the previous validation's ratio. Show this one's.
+        shown.pop("val/ppl_over_optimal", None)
+        optimal = (getattr(trainer.datamodule, "metrics", None) or {}).get("data/optimal_ppl")
+        if optimal and "val/ppl" in shown:
+            shown["val/ppl_over_optimal"] = float(shown["val/ppl"]) / float(optimal)
         self._print(trainer, f"epoch {trainer.current_epoch} validation  {_fmt(shown)}")
 
     def on_test_end(self, trainer, pl_module) -> None:
