@@ -36,6 +36,8 @@ import threading
 import time
 from pathlib import Path
 
+from omegaconf import OmegaConf
+
 from common import RESULTS, ROOT, draw, write_result
 
 MODELS = ("lightrnn", "lstm", "adaptive")
@@ -68,9 +70,12 @@ def run(name: str, overrides: list[str]) -> dict:
             return {"name": name, "overrides": overrides, "error": "".join(tail)[-3000:]}
         run_dir = next((Path(tmp) / "logs" / "train" / "runs").iterdir())
         metrics = json.loads((run_dir / "metrics.json").read_text())
+        config = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
+        optimization = {k: OmegaConf.to_container(config.model[k], resolve=True) for k in ("optimizer", "scheduler")}
     print(f"[{name}] done in {wall:.0f} s: val/ppl {metrics.get('val/ppl')}", flush=True)
     return {"name": name, "overrides": overrides, "wall_seconds": round(wall, 1), "val_curve": curve,
             "train_seconds_per_epoch": [train_s[e] for e in sorted(train_s)],
+            **optimization,
             "metrics": {k: v for k, v in metrics.items() if not k.startswith("ckpt/")}}
 
 
