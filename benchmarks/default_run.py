@@ -2,6 +2,8 @@
 
     nice -n 5 python benchmarks/default_run.py [extra overrides ...]
     python benchmarks/default_run.py --plot-only   # redraw the PNG from the JSON
+    python benchmarks/default_run.py --name default_run_constant_rate model.scheduler.final_factor=1.0
+        # a variant, written to results/<name>.json and .png
 
 Writes benchmarks/results/default_run.json and .png: wall time, the run's own training time
 (the sum of its epochs' training phases, from the plain progress lines), CPU seconds, the load
@@ -74,10 +76,14 @@ def curves(stdout: str, log: str) -> dict:
 
 
 def main() -> None:
-    if sys.argv[1:] == ["--plot-only"]:
-        draw("default_run", plot)
+    args = sys.argv[1:]
+    name = "default_run"
+    if args[:1] == ["--name"]:  # a variant of the default run, kept next to it: --name <json name>
+        name, args = args[1], args[2:]
+    if args == ["--plot-only"]:
+        draw(name, plot)
         return
-    overrides = sys.argv[1:]
+    overrides = args
     with tempfile.TemporaryDirectory() as tmp:
         cmd = [sys.executable, str(ROOT / "train.py"), f"paths.root_dir={tmp}", *overrides]
         env = {k: v for k, v in os.environ.items() if k != "WANDB_MODE"}
@@ -107,8 +113,8 @@ def main() -> None:
         **history,
         "metrics": {k: v for k, v in metrics.items() if not k.startswith("ckpt/")},
     }
-    write_result("default_run", result)
-    draw("default_run", plot)
+    write_result(name, result)
+    draw(name, plot)
 
 if __name__ == "__main__":
     main()
