@@ -124,8 +124,18 @@ class LanguageModel(L.LightningModule):
             self._reset("train")
         if rng is not None:
             _set_rng_state(rng)
+        self._epoch_started()
+
+    def _epoch_started(self) -> None:
+        """Schedulers that change the rate by epoch number (``PlateauWithFinalDecay``) hear of each
+        epoch before its first step; also at the start of a resumed run (Lightning may not call
+        ``on_train_epoch_start`` for the epoch a run resumes in). They act once."""
+        for config in self.trainer.lr_scheduler_configs:
+            if hasattr(config.scheduler, "epoch_started"):
+                config.scheduler.epoch_started(self.current_epoch)
 
     def on_train_epoch_start(self) -> None:
+        self._epoch_started()
         if self._keep_train_state:  # the first epoch start after a mid-epoch resume, if Lightning calls it
             self._keep_train_state = False
             return

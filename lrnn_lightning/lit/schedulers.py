@@ -16,15 +16,18 @@ class PlateauWithFinalDecay(ReduceLROnPlateau):
 
     A plateau schedule never lowers the rate while validation still improves, so a short run
     ends at its starting rate; the last epoch at a lower rate settles the weights (the default
-    3-epoch synthetic run: val/ppl 166.5 -> 163.7, ``benchmarks/default_run.py``). Steps once per
-    validated epoch (Lightning's ``interval: epoch``): after the step that ends epoch
-    ``max_epochs - final_epochs - 1`` the rate drops. ``max_epochs`` null or < 2, or
-    ``final_epochs=0``: a plain ``ReduceLROnPlateau`` (a run bounded by ``max_time`` or
-    ``max_steps`` does not know its last epoch).
+    3-epoch synthetic run: val/ppl 166.5 -> 163.7, ``benchmarks/default_run.py``). The plateau
+    part steps once per validated epoch (Lightning's ``interval: epoch``); the decay is taken once,
+    when epoch ``max_epochs - final_epochs`` (0-based) or a later one starts
+    (``epoch_started``, called by ``LanguageModel``). ``max_epochs`` null or < 2, or
+    ``final_epochs=0``, or no epoch left before the decay: a plain ``ReduceLROnPlateau`` (a run
+    bounded by ``max_time`` or ``max_steps`` does not know its last epoch).
 
     ``max_epochs``, ``final_epochs`` and ``final_factor`` come from the config, not from a
-    checkpoint: a run resumed with a larger ``trainer.max_epochs`` decays before its new last
-    epoch (a decay already taken stays taken).
+    checkpoint; whether the decay was taken comes from the checkpoint. A run resumed with a larger
+    ``trainer.max_epochs`` before its decay decays before its new last epoch; one resumed after it
+    keeps the lower rate and takes no second decay (so a finished run continued for more epochs
+    does not train as one run of the longer budget would).
     """
 
     _SETTINGS = ("max_epochs", "final_epochs", "final_factor")
@@ -39,21 +42,25 @@ class PlateauWithFinalDecay(ReduceLROnPlateau):
         self.max_epochs = None if max_epochs is None or int(max_epochs) < 0 else int(max_epochs)
         self.final_epochs = int(final_epochs)
         self.final_factor = float(final_factor)
+        self.final_decay_taken = False
 
     @property
-    def decay_after_epochs(self) -> int | None:
-        """The number of finished epochs after which the rate drops; None: never."""
+    def decay_epoch(self) -> int | None:
+        """The (0-based) epoch that starts at the lower rate; None: never."""
         if self.max_epochs is None or self.final_epochs == 0 or self.final_factor == 1.0:
             return None
-        after = self.max_epochs - self.final_epochs
-        return after if after >= 1 else None
+        first = self.max_epochs - self.final_epochs
+        return first if first >= 1 else None
 
-    def step(self, metrics, epoch=None) -> None:  # noqa: D102 - ReduceLROnPlateau.step
-        super().step(metrics, epoch)
-        if self.last_epoch == self.decay_after_epochs:
-            for group, floor in zip(self.optimizer.param_groups, self.min_lrs):
-                group["lr"] = max(float(group["lr"]) * self.final_factor, floor)
-            self._last_lr = [group["lr"] for group in self.optimizer.param_groups]
+    def epoch_started(self, epoch: int) -> None:
+        """Takes the final decay if ``epoch`` is the decay epoch or later and it was not taken."""
+        at = self.decay_epoch
+        if at is None or epoch < at or self.final_decay_taken:
+            return
+        for group, floor in zip(self.optimizer.param_groups, self.min_lrs):
+            group["lr"] = max(float(group["lr"]) * self.final_factor, floor)
+        self._last_lr = [group["lr"] for group in self.optimizer.param_groups]
+        self.final_decay_taken = True
 
     def state_dict(self) -> dict[str, Any]:
         return {k: v for k, v in super().state_dict().items() if k not in self._SETTINGS}
