@@ -74,3 +74,70 @@ def mild_costs(V: int, seed: int = 0, dtype=np.float32):
     """``(row_loss, col_loss, counts, current)`` with every count 1."""
     row, col = per_occurrence_losses(V, seed)
     return row.astype(dtype, copy=False), col.astype(dtype, copy=False), np.ones(V), random_table(V, seed)
+
+
+# ---- cost shapes for the solver benchmarks and tests ---------------------------------------------
+SHAPES = ("zipf", "contested", "flat", "planted", "mild")
+
+
+def shape_chunks(shape: str, V: int, seed: int = 0, chunk: int = 20_000, top_count: float = 4e7,
+                 min_count: float = 3.0):
+    """Yields ``(start, row[n, R], col[n, C])`` float64 count-weighted costs of words ``start..start+n``
+    for a cost ``shape``; memory: one chunk (the benchmarks stream V = 793,471 this way).
+
+    - ``zipf``: ``loss_chunks`` times Zipf counts (class-structured, popular rows over-wanted);
+    - ``contested``: several hundred classes (Zipf sizes) whose words all prefer the same 2 rows
+      and the same 2 columns of their class, sharply (a few nats), so the favourite cells are
+      wanted by far more words than they hold, with Zipf counts;
+    - ``flat``: early training: every per-occurrence loss within 0.05 nats of ``log R``;
+    - ``planted``: a hidden table; each word's planted row and column cost 1.5 nats less than the
+      rest (noise 0.5): the optimum is (close to) the planted table;
+    - ``mild``: ``loss_chunks`` with every count 1.
+    """
+    if shape not in SHAPES:
+        raise ValueError(f"unknown cost shape '{shape}': use one of {', '.join(SHAPES)}")
+    R, C = table_shape(V)
+    if shape in ("zipf", "mild"):
+        counts = zipf_counts(V, top_count, min_count) if shape == "zipf" else None
+        for a, r, c in loss_chunks(V, seed, chunk, counts=counts):
+            yield a, np.asarray(r, np.float64), np.asarray(c, np.float64)
+        return
+    rng = np.random.default_rng(seed + 17)
+    counts = zipf_counts(V, top_count, min_count)
+    if shape == "contested":
+        n_cls = min(max(V // 1500, 8), 600)
+        size = 1.0 / np.arange(1, n_cls + 1)
+        cls = rng.choice(n_cls, size=V, p=size / size.sum())
+        fav_r = rng.integers(0, R, size=(n_cls, 2))
+        fav_c = rng.integers(0, C, size=(n_cls, 2))
+    elif shape == "planted":
+        planted = rng.permutation(R * C)[:V]
+    for a in range(0, V, chunk):
+        n = min(chunk, V - a)
+        if shape == "flat":
+            row = np.log(R) + rng.uniform(-0.05, 0.05, size=(n, R))
+            col = np.log(C) + rng.uniform(-0.05, 0.05, size=(n, C))
+        elif shape == "contested":
+            k = cls[a:a + n]
+            row = np.log(R) + 0.3 * rng.normal(size=(n, R))
+            col = np.log(C) + 0.3 * rng.normal(size=(n, C))
+            i = np.arange(n)[:, None]
+            row[i, fav_r[k]] -= np.array([4.0, 3.0])
+            col[i, fav_c[k]] -= np.array([4.0, 3.0])
+        else:  # planted
+            row = np.log(R) + 0.5 * rng.normal(size=(n, R))
+            col = np.log(C) + 0.5 * rng.normal(size=(n, C))
+            i = np.arange(n)
+            row[i, planted[a:a + n] // C] -= 1.5
+            col[i, planted[a:a + n] % C] -= 1.5
+        w = counts[a:a + n, None]
+        yield a, np.maximum(row, 0.0) * w, np.maximum(col, 0.0) * w
+
+
+def shape_costs(shape: str, V: int, seed: int = 0, **kw) -> tuple[np.ndarray, np.ndarray]:
+    """The whole ``(row[V, R], col[V, C])`` float64 costs of ``shape_chunks`` (small V: tests)."""
+    R, C = table_shape(V)
+    row, col = np.empty((V, R)), np.empty((V, C))
+    for a, r, c in shape_chunks(shape, V, seed, **kw):
+        row[a:a + len(r)], col[a:a + len(c)] = r, c
+    return row, col

@@ -28,12 +28,23 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
 
 log = logging.getLogger(__name__)
+
+class RoundInterrupted(Exception):
+    """A stop request (SIGTERM, SIGUSR1, Ctrl-C) arrived during a reallocation round: no table."""
+
+
+def poll(stop: Callable[[], bool] | None) -> None:
+    """Raise ``RoundInterrupted`` when ``stop()`` says so (the solvers call this every round)."""
+    if stop is not None and stop():
+        raise RoundInterrupted("the reallocation round was interrupted by a stop request; no table was made")
+
 
 EXACT_MAX_WORDS = 6_000
 GREEDY_EXACT_LEFTOVERS = 2_000
@@ -270,7 +281,8 @@ class AuctionResult:
 
 def auction(cand: Candidates, k0: int = 8, tolerance: float = 1e-3,
             max_rounds: int = 20_000, max_bids_per_word: int = 400, tail: float = 5e-3,
-            widen_budget: float = 2.0, tail_bids_per_word: int = 20, grow: float = 2.0) -> AuctionResult:
+            widen_budget: float = 2.0, tail_bids_per_word: int = 20, grow: float = 2.0,
+            stop: Callable[[], bool] | None = None) -> AuctionResult:
     """Forward auction (Jacobi bidding, float64 prices from zero) over widening candidate boxes.
 
     Word ``w`` bids with ``eps_w = tolerance * max(plain_min[w], floor)``: its own scale, so frequent and
@@ -337,6 +349,7 @@ def auction(cand: Candidates, k0: int = 8, tolerance: float = 1e-3,
         while todo.size and counters["rounds"] < max_rounds and counters["bids"] < max_bids:
             if todo.size <= few and counters["rounds"] >= patience:
                 break
+            poll(stop)
             counters["rounds"] += 1
             bw, bc, bv, regrown = [], [], [], []
             kind = width[todo]  # fixed for the round: a word widened now bids next round
@@ -395,6 +408,8 @@ def auction(cand: Candidates, k0: int = 8, tolerance: float = 1e-3,
         queue = list(todo[::-1])
         while queue and budget > 0:
             budget -= 1
+            if budget % 4096 == 0:
+                poll(stop)
             w = queue.pop()
             k = int(width[w])
             g = groups[k]
@@ -428,6 +443,79 @@ def auction(cand: Candidates, k0: int = 8, tolerance: float = 1e-3,
                            counters["widened"])
     result.info["left_to_complete"] = int(todo.size)
     return result
+
+
+# ---- the separable bound: two transportation problems -------------------------------------------
+def transport_prices(idx: torch.Tensor, cost: torch.Tensor, rest: torch.Tensor, n_bins: int, capacity: int,
+                     iters: int = 60, stop: Callable[[], bool] | None = None) -> tuple[torch.Tensor, float]:
+    """Prices ``u[n_bins] >= 0`` for "each word takes one bin, a bin holds at most ``capacity``
+    words" from each word's candidate bins ``idx[V, K]`` (costs ``cost``, ascending) and a bound
+    ``rest`` on the others; returns ``(u, bound)`` with the best certified bound
+    ``sum_w min(min_k(cost + u[idx]), rest) - capacity * sum(u)`` seen.
+
+    Each pass puts every word in its cheapest bin at the current prices and raises the price of
+    every bin over capacity by the least that sends all but ``capacity`` of its words elsewhere
+    (the (capacity+1)-th largest margin to their second choice), a little more to break ties."""
+    V, K = idx.shape
+    dev = cost.device
+    u = torch.zeros(n_bins, dtype=torch.float64, device=dev)
+    best_u, best = u.clone(), -np.inf
+    scale = float(cost[:, 0].abs().mean()) if V else 1.0
+    tiny = 1e-9 * max(scale, 1e-12)
+    for _ in range(iters):
+        poll(stop)
+        val = cost + u[idx]
+        v1, j = val.min(1)
+        bound = float(torch.minimum(v1, rest).sum()) - capacity * float(u.sum())
+        if bound > best:
+            best, best_u = bound, u.clone()
+        b = idx.gather(1, j[:, None]).squeeze(1)
+        demand = torch.bincount(b, minlength=n_bins)
+        over = demand > capacity
+        if not bool(over.any()):
+            break
+        second = val.scatter(1, j[:, None], np.inf).min(1).values if K > 1 else torch.full_like(v1, np.inf)
+        margin = (torch.minimum(second, rest) - v1).clamp_min(0.0)
+        # per bin, its demanders by margin, largest first: the one at position `capacity` sets the rise
+        words = torch.nonzero(over[b]).squeeze(1)
+        bw, mw = b[words], margin[words]
+        order = torch.sort(mw, descending=True, stable=True).indices
+        order = order[torch.sort(bw[order], stable=True).indices]
+        bw, mw = bw[order], mw[order]
+        first = torch.searchsorted(bw, bw, right=False)
+        pos = torch.arange(len(bw), device=dev) - first
+        at = pos == capacity
+        rise = torch.zeros(n_bins, dtype=torch.float64, device=dev)
+        rise[bw[at]] = mw[at]
+        finite = torch.isfinite(rise)
+        rise = torch.where(finite, rise, torch.zeros_like(rise))
+        u = u + torch.where(over, rise + tiny + 1e-12 * rise.abs(), torch.zeros_like(u))
+    return best_u, best
+
+
+
+def separable_bound(cand: Candidates, iters: int = 60, stop: Callable[[], bool] | None = None) -> dict:
+    """A certified lower bound from the separability of the cost, ``a[w, i] + b[w, j]``.
+
+    Dropping "one word per cell" but keeping each row's capacity ``C`` and each column's capacity
+    ``R`` splits the problem into two transportation problems (words x rows, words x columns); for
+    any prices ``u, v >= 0``, ``sum_w [min_i(a + u) + min_j(b + v)] - C sum(u) - R sum(v)`` is a lower
+    bound on the optimum, computed here from each word's stored rows/columns and the bound on the
+    rest (``transport_prices``). Returns ``{"bound", "row_prices", "col_prices"}``."""
+    out = {}
+    for name, idx, cost, n_bins, cap in (("row", cand.row_idx, cand.row_cost, cand.rows, cand.cols),
+                                          ("col", cand.col_idx, cand.col_cost, cand.cols, cand.rows)):
+        idx_t = torch.from_numpy(np.ascontiguousarray(idx, dtype=np.int64))
+        cost_t = torch.from_numpy(np.ascontiguousarray(cost, dtype=np.float64))
+        if idx_t.shape[1] < n_bins:  # the last stored value bounds every row/column not stored
+            rest = cost_t[:, -1].clone()
+            idx_t, cost_t = idx_t[:, :-1], cost_t[:, :-1]
+        else:
+            rest = torch.full((idx_t.shape[0],), np.inf, dtype=torch.float64)
+        prices, bound = transport_prices(idx_t, cost_t, rest, n_bins, cap, iters, stop)
+        out[name] = bound
+        out[f"{name}_prices"] = prices.numpy()
+    return {"bound": out["row"] + out["col"], "row_prices": out["row_prices"], "col_prices": out["col_prices"]}
 
 
 def dual_bound(cand: Candidates, price: np.ndarray, width: np.ndarray) -> float:
@@ -567,13 +655,14 @@ def _greedy(cand: Candidates, k: int) -> np.ndarray:
 
 
 def solve(cand: Candidates, method: str = "auto", top_k: int | None = None, tolerance: float | None = None,
-          max_rounds: int = 20_000) -> tuple[np.ndarray, dict]:
+          max_rounds: int = 20_000, stop: Callable[[], bool] | None = None) -> tuple[np.ndarray, dict]:
     """``(cells[V], info)`` for candidates ``cand``: see the module doc for the methods.
 
     ``info``: ``objective`` (penalized cost of the result), ``objective_current`` (of the current
     table), ``cost_after`` / ``cost_before`` / ``lower_bound`` (the model's own costs: the result,
     the current table, every word in its cheapest cell), ``dual_bound`` (a certified lower bound on
-    the penalized optimum over the whole table; ``nan`` where the method has none), ``gap``
+    the penalized optimum over the whole table: the larger of the auction's dual and the separable
+    bound, ``separable_bound``), ``gap``
     (``objective - dual_bound`` over ``|objective|``), and the solver's counters.
     """
     t0 = time.perf_counter()
@@ -592,13 +681,18 @@ def solve(cand: Candidates, method: str = "auto", top_k: int | None = None, tole
         tolerance = tolerance or default_tolerance(V)
         # past 50,000 words a wider box grows by half (8 -> 12 -> 16): widened words' bids dominate
         res = auction(cand, k0=min(k0, cand.width), tolerance=tolerance, max_rounds=max_rounds,
-                      grow=2.0 if V <= 50_000 else 1.5)
-        dual = dual_bound(cand, res.price, res.width)
+                      grow=2.0 if V <= 50_000 else 1.5, stop=stop)
+        poll(stop)
+        info["auction_bound"] = dual_bound(cand, res.price, res.width)
+        sep = separable_bound(cand, stop=stop)
+        info["separable_bound"] = sep["bound"]
+        dual = max(info["auction_bound"], sep["bound"])
         cells = _complete(cand, res.cells.copy())
         info.update({"rounds": res.rounds, "bids": res.bids, "converged": res.converged, "widened": res.widened,
                      "max_width": int(res.width.max()), **res.info})
     elif method == "greedy":
         cells = _greedy(cand, min(top_k or 8, cand.width))
+        dual = info["separable_bound"] = separable_bound(cand, stop=stop)["bound"]
     else:
         raise ValueError(f"unknown reallocation method '{method}': use exact, sparse, greedy or auto")
     if cand.dense is not None:
@@ -626,14 +720,16 @@ def solve(cand: Candidates, method: str = "auto", top_k: int | None = None, tole
 
 
 def reallocate(row_loss, col_loss, current, method: str = "auto", top_k: int | None = None,
-               bonus=None, return_info: bool = False, tolerance: float | None = None):
+               bonus=None, return_info: bool = False, tolerance: float | None = None,
+               stop: Callable[[], bool] | None = None):
     """New cell (``row * C + col``) of every word: a permutation into the ``R*C >= V`` cells.
 
     ``method``: ``exact``, ``sparse``, ``greedy`` or ``auto`` (exact up to a few thousand words,
     sparse beyond). ``top_k``: the first candidate box is ``top_k`` rows x ``top_k`` columns (default
     16 up to 50k words, 8 beyond); ``sparse`` widens it to ``2 * top_k`` where needed. ``bonus[V]``: subtracted from
     each word's cost of its current row and again of its current column (the move penalty).
-    ``return_info``: also return the dict of ``solve``.
+    ``return_info``: also return the dict of ``solve``. ``stop``: polled every auction round; when
+    it returns True the round ends with ``RoundInterrupted`` and no table.
     """
     row_loss, col_loss = _np(row_loss), _np(col_loss)
     V, R = row_loss.shape
@@ -650,5 +746,5 @@ def reallocate(row_loss, col_loss, current, method: str = "auto", top_k: int | N
     dense = method == "exact" or (method == "auto" and V <= EXACT_MAX_WORDS) or (
         method == "greedy" and V <= 4 * GREEDY_EXACT_LEFTOVERS)
     cand = build_candidates(row_loss, col_loss, current, bonus, width=candidate_width(V, top_k), keep_dense=dense)
-    cells, info = solve(cand, method, top_k, tolerance)
+    cells, info = solve(cand, method, top_k, tolerance, stop=stop)
     return (cells, info) if return_info else cells

@@ -11,7 +11,8 @@ import numpy as np
 import torch
 
 from lrnn_lightning.allocation.context import context_table
-from lrnn_lightning.allocation.solvers import CHUNK_WORDS, EXACT_MAX_WORDS, CandidateBuilder, candidate_width, solve
+from lrnn_lightning.allocation.solvers import (CHUNK_WORDS, EXACT_MAX_WORDS, CandidateBuilder, RoundInterrupted,
+                                               candidate_width, poll, solve)
 from lrnn_lightning.allocation.stats import token_counts
 from lrnn_lightning.allocation.table import row_purity
 from lrnn_lightning.atomic import atomic_path
@@ -56,6 +57,16 @@ class Reallocation(L.Callback):
     A round changes the function the model computes, so a ``ReduceLROnPlateau`` scheduler's memory
     of the best validation loss is reset after it: the jump in loss that follows a move must not
     halve the learning rate.
+
+    A round is interruptible: the solver polls for a stop request (SIGTERM, as Lightning records
+    it, which is also what SLURM sends before a preemption; Ctrl-C raises where it lands) every
+    auction round and every chunk of statistics. When asked, the round ends at once without
+    touching the table and the run stops as a SIGTERM stops it. ``ckpt_path=last`` resumes from
+    the newest checkpoint, whose summed partial statistics (``every_n_train_steps`` /
+    ``train_time_interval`` saves carry them) plus the windows redone give the same integer sums,
+    so the redone round makes the table the uninterrupted run made. A checkpoint is not written
+    at the interruption itself: Lightning resumes a checkpoint saved after an epoch's last batch
+    by starting that epoch again.
     """
 
     def __init__(self, every_n_epochs: int = 1, max_rounds: int | None = None, min_moved_fraction: float = 0.0,
@@ -210,7 +221,19 @@ class Reallocation(L.Callback):
         if self.statistics == "extra_pass":
             self._extra_pass(trainer, pl_module, head)
         head.stats.stop()
-        metrics = self.round(trainer, head)
+        self._finish_round(trainer, head)
+
+    def _finish_round(self, trainer, head) -> None:
+        """One round and what follows it; a stop request during the round stops the run."""
+        try:
+            metrics = self.round(trainer, head)
+        except RoundInterrupted:
+            from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+            log.warning("reallocation round %d interrupted by a stop request: the table is unchanged; resuming "
+                        "(ckpt_path=last) redoes the windows after the newest checkpoint and the round",
+                        self.rounds + 1)
+            raise SIGTERMException() from None
         self._reset_plateau(trainer)
         self._log_metrics(trainer, metrics)
         self._log_rows(trainer, head)
@@ -246,41 +269,27 @@ class Reallocation(L.Callback):
     @torch.no_grad()
     def round(self, trainer, head) -> dict[str, float]:
         """Sum the statistics over ranks (in place, onto rank 0), stream them a chunk of words at a
-        time into the solver's candidates (top-k on the statistics' device), free them, solve on
-        rank 0, broadcast the table."""
+        time into the solver's candidates (top-k on the statistics' device), solve on rank 0,
+        broadcast the table, free the statistics. A stop request raises ``RoundInterrupted`` on
+        every rank with the table untouched and the statistics kept."""
         t0 = time.perf_counter()
         stats, table = head.stats, head.table
         stats.reduce_to_rank0()
         new, info = None, None
+
+        def stop() -> bool:
+            return bool(getattr(trainer, "received_sigterm", False))
+
+        interrupted = False
         if trainer.is_global_zero:
-            V, R, C = head.vocab_size, table.rows, table.cols
-            current = table.cell.cpu().numpy()
-            bonus = None
-            if self.move_penalty > 0:  # the current row and column are cheaper by the penalty
-                # (a word never seen as a target has no loss anywhere: a token of bonus keeps it still)
-                bonus = self.move_penalty * np.maximum(stats.count.cpu().numpy().astype(np.float64), 1e-3)
-            dense = self.method == "exact" or (self.method == "auto" and V <= EXACT_MAX_WORDS)
-            builder = CandidateBuilder(V, R, C, current, bonus, width=candidate_width(V, self.top_k), keep_dense=dense)
-            dump = self._dump_open(trainer, V, R, C) if self.save_statistics else None
-            for a in range(0, V, CHUNK_WORDS):
-                row, col = stats.chunk(a, min(V, a + CHUNK_WORDS))
-                builder.add(a, row, col)
-                if dump is not None:
-                    dump[0][a:a + len(row)], dump[1][a:a + len(row)] = row.cpu().numpy(), col.cpu().numpy()
-            counts = stats.count.cpu().numpy()
-            stats_bytes = stats.nbytes()
-            stats.release()
-            if dump is not None:
-                self._dump_close(dump, current, counts, bonus)
-            cells, solved = solve(builder.finish(), self.method, self.top_k, self.tolerance)
-            del builder
-            new = cells
-            info = {"realloc/cost_before": solved["cost_before"], "realloc/cost_after": solved["cost_after"],
-                    "realloc/lower_bound": solved["lower_bound"], "realloc/dual_bound": solved["dual_bound"],
-                    "realloc/gap": solved["gap"], "realloc/objective": solved["objective"],
-                    "realloc/solve_seconds": solved["seconds"], "realloc/stats_mb": stats_bytes / 2 ** 20}
+            try:
+                new, info = self._solve(trainer, head, stop)
+            except RoundInterrupted:
+                interrupted = True
+        new, info, interrupted = trainer.strategy.broadcast((new, info, interrupted), src=0)
         stats.release()
-        new, info = trainer.strategy.broadcast((new, info), src=0)
+        if interrupted:
+            raise RoundInterrupted("the reallocation round was interrupted by a stop request")
         moved = table.assign(torch.as_tensor(new))
         self.rounds += 1
         info.update({"realloc/moved_words": float(moved), "realloc/seconds": time.perf_counter() - t0,
@@ -298,6 +307,37 @@ class Reallocation(L.Callback):
                  info["realloc/cost_before"], info["realloc/cost_after"], info["realloc/lower_bound"],
                  100 * info["realloc/gap"], info["realloc/seconds"], table.fingerprint())
         return info
+
+    def _solve(self, trainer, head, stop) -> tuple[np.ndarray, dict]:
+        """Rank 0: stream the summed statistics into the candidates, solve; ``(new cells, metrics)``."""
+        stats, table = head.stats, head.table
+        V, R, C = head.vocab_size, table.rows, table.cols
+        current = table.cell.cpu().numpy()
+        bonus = None
+        if self.move_penalty > 0:  # the current row and column are cheaper by the penalty
+            # (a word never seen as a target has no loss anywhere: a token of bonus keeps it still)
+            bonus = self.move_penalty * np.maximum(stats.count.cpu().numpy().astype(np.float64), 1e-3)
+        dense = self.method == "exact" or (self.method == "auto" and V <= EXACT_MAX_WORDS)
+        builder = CandidateBuilder(V, R, C, current, bonus, width=candidate_width(V, self.top_k), keep_dense=dense)
+        dump = self._dump_open(trainer, V, R, C) if self.save_statistics else None
+        for a in range(0, V, CHUNK_WORDS):
+            poll(stop)
+            row, col = stats.chunk(a, min(V, a + CHUNK_WORDS))
+            builder.add(a, row, col)
+            if dump is not None:
+                dump[0][a:a + len(row)], dump[1][a:a + len(row)] = row.cpu().numpy(), col.cpu().numpy()
+        counts = stats.count.cpu().numpy()
+        stats_bytes = stats.nbytes()
+        if dump is not None:
+            self._dump_close(dump, current, counts, bonus)
+        cells, solved = solve(builder.finish(), self.method, self.top_k, self.tolerance, stop=stop)
+        del builder
+        new = cells
+        info = {"realloc/cost_before": solved["cost_before"], "realloc/cost_after": solved["cost_after"],
+                "realloc/lower_bound": solved["lower_bound"], "realloc/dual_bound": solved["dual_bound"],
+                "realloc/gap": solved["gap"], "realloc/objective": solved["objective"],
+                "realloc/solve_seconds": solved["seconds"], "realloc/stats_mb": stats_bytes / 2 ** 20}
+        return new, info
 
     # ---- the statistics of a round, for solver benchmarks and debugging -------------------------------
     def _dump_open(self, trainer, V, R, C):
