@@ -72,3 +72,28 @@ def draw(name: str, plot: Callable) -> Path | None:
     plt.close(fig)
     print(f"plot: {out}")
     return out
+
+
+def npz_memmap(path) -> dict:
+    """The members of an uncompressed ``.npz`` (``ZIP_STORED``, as ``save_statistics`` writes it)
+    as read-only memory maps: a V x R float64 member at V = 793,471 is 5.6 GB, read a chunk at a time."""
+    import struct
+    import zipfile
+
+    import numpy as np
+
+    out = {}
+    with zipfile.ZipFile(path) as z, open(path, "rb") as f:
+        for info in z.infolist():
+            if info.compress_type != zipfile.ZIP_STORED:
+                raise ValueError(f"{path}: member {info.filename} is compressed; cannot memory-map it")
+            f.seek(info.header_offset)
+            head = f.read(30)
+            name_len, extra_len = struct.unpack("<HH", head[26:30])
+            f.seek(info.header_offset + 30 + name_len + extra_len)
+            version = np.lib.format.read_magic(f)
+            read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, fortran, dtype = read(f)
+            out[info.filename.removesuffix(".npy")] = np.memmap(path, dtype=dtype, mode="r", offset=f.tell(),
+                                                                shape=shape, order="F" if fortran else "C")
+    return out

@@ -1,6 +1,7 @@
 """A One Billion Word rehearsal on this machine: every phase of a LightRNN run at V ~ 793K, under DDP.
 
     python benchmarks/onebillion_rehearsal.py [--tokens 50_000_000] [--steps 200] [--workdir DIR]
+                                              [--save-statistics DIR]
 
 1. corpus: a One-Billion-Word-shaped corpus from the synthetic language (``onebillion_corpus.py``:
    ~793K words seen >= 3 times, Zipf counts, ~50 M training tokens); reused when present;
@@ -11,7 +12,9 @@
    carrying them; the run dies when the next step starts, as a preempted job would;
 4. run 2: resumed from that ``last.ckpt`` into the same run directory: the next window of the same
    epoch, the rest of the epoch, one real reallocation round at full V (statistics summed over both
-   ranks, solved on rank 0 with the default move penalty), validation.
+   ranks, solved on rank 0 with the default move penalty), validation. ``--save-statistics DIR``:
+   the round's summed statistics are also written there (``round_001.npz``, 11 GB of float64: the
+   "real run" case of ``solver_scaling.py --real-dir``).
 
 Each process writes its own events (``ResourceLog``: seconds and peak RSS after every phase); this
 script gathers them with the round's metrics into benchmarks/results/onebillion_rehearsal.json.
@@ -60,6 +63,7 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=50_000_000)
     ap.add_argument("--steps", type=int, default=200)
     ap.add_argument("--workdir", default=str(ROOT / ".cache" / "onebillion_rehearsal"))
+    ap.add_argument("--save-statistics", default=None, help="folder for the round's summed statistics")
     args = ap.parse_args()
     work = Path(args.workdir)
     corpus, cache, run_dir = work / "corpus", work / "cache", work / "run"
@@ -101,7 +105,9 @@ def main() -> None:
     interrupt = ["+callbacks.interrupt._target_=resume_helpers.InterruptAt", f"+callbacks.interrupt.step={half}"]
     env1 = {**env, "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), env.get("PYTHONPATH", "")])}
     for name, extra in (("run1_until_mid_epoch_checkpoint", interrupt),
-                        ("run2_resumed_round_validation", [f"ckpt_path={run_dir}/checkpoints/last.ckpt"])):
+                        ("run2_resumed_round_validation", [f"ckpt_path={run_dir}/checkpoints/last.ckpt"] + (
+                            [f"callbacks.reallocation.save_statistics={args.save_statistics}"]
+                            if args.save_statistics else []))):
         res_dir = work / "resources" / name
         first = name.startswith("run1")
         out = run([*base, f"+callbacks.resources.dirpath={res_dir}", *extra], work / f"{name}.log",

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -54,7 +55,8 @@ elif kind in ("contested", "flat", "planted"):
     current, bonus = random_table(V, 0), None
     chunks = lambda: shape_chunks(kind, V, 0, chunk=CHUNK_WORDS)
 else:
-    z = np.load(spec["path"])
+    from common import npz_memmap
+    z = npz_memmap(spec["path"])  # uncompressed members memory-mapped: 11 GB at V = 793,471
     row_all, col_all = z["row_loss"], z["col_loss"]
     V, R = row_all.shape
     C = col_all.shape[1]
@@ -125,6 +127,7 @@ CASES = [
     {"name": "planted-793471", "kind": "planted", "V": 793471},
     {"name": "ptb", "kind": "real", "file": "ptb/round_001.npz", "exact": True},
     {"name": "wikitext2", "kind": "real", "file": "wikitext2/round_001.npz"},
+    {"name": "onebillion", "kind": "real", "file": "onebillion/round_001.npz"},
 ]
 
 
@@ -155,8 +158,10 @@ def main() -> None:
                 spec["path"] = str(path)
             spec["exact"] = bool(case.get("exact")) and method == "sparse"
             try:
+                env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "benchmarks"),
+                                                                     os.environ.get("PYTHONPATH", "")])}
                 proc = subprocess.run([sys.executable, "-c", CHILD, json.dumps(spec)], capture_output=True,
-                                      text=True, timeout=args.timeout, cwd=ROOT)
+                                      text=True, timeout=args.timeout, cwd=ROOT, env=env)
                 row = json.loads(proc.stdout.strip().splitlines()[-1]) if proc.returncode == 0 else \
                     {**spec, "error": proc.stderr[-800:]}
             except subprocess.TimeoutExpired:

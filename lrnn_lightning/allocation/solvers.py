@@ -47,6 +47,10 @@ def poll(stop: Callable[[], bool] | None) -> None:
 
 
 EXACT_MAX_WORDS = 6_000
+# the separable bound is computed when the auction's certified gap is above this, and stops once the
+# gap is below the target
+SEPARABLE_FROM_GAP = 5e-3
+SEPARABLE_TARGET_GAP = 1e-3
 GREEDY_EXACT_LEFTOVERS = 2_000
 CHUNK_WORDS = 16_384
 
@@ -209,11 +213,12 @@ def _smallest(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     at V=793,471); near-ties that float32 cannot order are resolved by the float64 values, and the
     last value (the bound on every row left out) is lowered by 1e-6 relative to stay a bound."""
     if k >= x.shape[1]:
-        v, i = torch.sort(x, dim=1)
+        v, i = torch.sort(x, dim=1, stable=True)
         return v, i
     _, i = torch.topk(x.float(), k, dim=1, largest=False, sorted=False)
+    i, _ = torch.sort(i, dim=1)  # equal values then keep index order: the same on every device
     v = x.gather(1, i)
-    v, order = torch.sort(v, dim=1)
+    v, order = torch.sort(v, dim=1, stable=True)
     i = i.gather(1, order)
     v[:, -1] -= 1e-6 * v[:, -1].abs()
     return v, i
@@ -446,65 +451,88 @@ def auction(cand: Candidates, k0: int = 8, tolerance: float = 1e-3,
 
 
 # ---- the separable bound: two transportation problems -------------------------------------------
+class Transport:
+    """Prices ``u[n_bins] >= 0`` for "each word takes one bin, a bin holds at most ``capacity``
+    words", from each word's candidate bins ``idx[V, K]`` (costs ``cost``, ascending) and a bound
+    ``rest`` on the others. ``step()`` evaluates the certified bound
+    ``sum_w min(min_k(cost + u[idx]), rest) - capacity * sum(u)`` at the current prices (the best
+    seen is ``best``, at prices ``best_u``), then puts every word in its cheapest bin and raises the
+    price of every bin over capacity by the least that sends all but ``capacity`` of its words
+    elsewhere (the (capacity+1)-th largest margin to their second choice, a little more for ties).
+    Returns False once no bin is over capacity (the prices then stay)."""
+
+    def __init__(self, idx: torch.Tensor, cost: torch.Tensor, rest: torch.Tensor, n_bins: int, capacity: int):
+        self.idx, self.cost, self.rest, self.n_bins, self.capacity = idx, cost, rest, n_bins, capacity
+        self.u = torch.zeros(n_bins, dtype=torch.float64, device=cost.device)
+        self.best_u, self.best = self.u.clone(), -np.inf
+        scale = float(cost[:, 0].abs().mean()) if len(cost) else 1.0
+        self.tiny = 1e-9 * max(scale, 1e-12)
+        self.done = False
+
+    def step(self) -> bool:
+        if self.done:
+            return False
+        idx, u, cap = self.idx, self.u, self.capacity
+        val = self.cost + u[idx]
+        v1, j = val.min(1)
+        bound = float(torch.minimum(v1, self.rest).sum()) - cap * float(u.sum())
+        if bound > self.best:
+            self.best, self.best_u = bound, u.clone()
+        b = idx.gather(1, j[:, None]).squeeze(1)
+        demand = torch.bincount(b, minlength=self.n_bins)
+        over = demand > cap
+        if not bool(over.any()):
+            self.done = True
+            return False
+        words = torch.nonzero(over[b]).squeeze(1)
+        vw = val[words]
+        second = vw.scatter(1, j[words, None], np.inf).min(1).values if idx.shape[1] > 1 else \
+            torch.full((len(words),), np.inf, dtype=torch.float64, device=u.device)
+        margin = (torch.minimum(second, self.rest[words]) - v1[words]).clamp_min(0.0)
+        bw = b[words]
+        # per bin, its demanders by margin, largest first: the one at position `capacity` sets the rise
+        # (one sort: the key orders by bin, then by margin's float32 rank, largest first)
+        order = torch.argsort(margin.float(), descending=True, stable=True)
+        rank = torch.empty_like(order)
+        rank[order] = torch.arange(len(order), device=u.device)
+        order = torch.argsort(bw * len(order) + rank)
+        bw, mw = bw[order], margin[order]
+        first = torch.searchsorted(bw, bw, right=False)
+        at = (torch.arange(len(bw), device=u.device) - first) == cap
+        rise = torch.zeros(self.n_bins, dtype=torch.float64, device=u.device)
+        rise[bw[at]] = mw[at]
+        rise = torch.where(torch.isfinite(rise), rise, torch.zeros_like(rise))
+        self.u = u + torch.where(over, rise + self.tiny + 1e-12 * rise.abs(), torch.zeros_like(u))
+        return True
+
+
 def transport_prices(idx: torch.Tensor, cost: torch.Tensor, rest: torch.Tensor, n_bins: int, capacity: int,
                      iters: int = 60, stop: Callable[[], bool] | None = None) -> tuple[torch.Tensor, float]:
-    """Prices ``u[n_bins] >= 0`` for "each word takes one bin, a bin holds at most ``capacity``
-    words" from each word's candidate bins ``idx[V, K]`` (costs ``cost``, ascending) and a bound
-    ``rest`` on the others; returns ``(u, bound)`` with the best certified bound
-    ``sum_w min(min_k(cost + u[idx]), rest) - capacity * sum(u)`` seen.
-
-    Each pass puts every word in its cheapest bin at the current prices and raises the price of
-    every bin over capacity by the least that sends all but ``capacity`` of its words elsewhere
-    (the (capacity+1)-th largest margin to their second choice), a little more to break ties."""
-    V, K = idx.shape
-    dev = cost.device
-    u = torch.zeros(n_bins, dtype=torch.float64, device=dev)
-    best_u, best = u.clone(), -np.inf
-    scale = float(cost[:, 0].abs().mean()) if V else 1.0
-    tiny = 1e-9 * max(scale, 1e-12)
+    """``(prices, bound)`` after at most ``iters`` steps of ``Transport`` (the best bound seen)."""
+    t = Transport(idx, cost, rest, n_bins, capacity)
     for _ in range(iters):
         poll(stop)
-        val = cost + u[idx]
-        v1, j = val.min(1)
-        bound = float(torch.minimum(v1, rest).sum()) - capacity * float(u.sum())
-        if bound > best:
-            best, best_u = bound, u.clone()
-        b = idx.gather(1, j[:, None]).squeeze(1)
-        demand = torch.bincount(b, minlength=n_bins)
-        over = demand > capacity
-        if not bool(over.any()):
+        if not t.step():
             break
-        second = val.scatter(1, j[:, None], np.inf).min(1).values if K > 1 else torch.full_like(v1, np.inf)
-        margin = (torch.minimum(second, rest) - v1).clamp_min(0.0)
-        # per bin, its demanders by margin, largest first: the one at position `capacity` sets the rise
-        words = torch.nonzero(over[b]).squeeze(1)
-        bw, mw = b[words], margin[words]
-        order = torch.sort(mw, descending=True, stable=True).indices
-        order = order[torch.sort(bw[order], stable=True).indices]
-        bw, mw = bw[order], mw[order]
-        first = torch.searchsorted(bw, bw, right=False)
-        pos = torch.arange(len(bw), device=dev) - first
-        at = pos == capacity
-        rise = torch.zeros(n_bins, dtype=torch.float64, device=dev)
-        rise[bw[at]] = mw[at]
-        finite = torch.isfinite(rise)
-        rise = torch.where(finite, rise, torch.zeros_like(rise))
-        u = u + torch.where(over, rise + tiny + 1e-12 * rise.abs(), torch.zeros_like(u))
-    return best_u, best
+    return t.best_u, t.best
 
 
-
-def separable_bound(cand: Candidates, iters: int = 60, stop: Callable[[], bool] | None = None) -> dict:
+def separable_bound(cand: Candidates, iters: int = 60, stop: Callable[[], bool] | None = None,
+                    target: float = np.inf, patience: int = 4, min_gain: float = 1e-4,
+                    floor: float = -np.inf) -> dict:
     """A certified lower bound from the separability of the cost, ``a[w, i] + b[w, j]``.
 
     Dropping "one word per cell" but keeping each row's capacity ``C`` and each column's capacity
     ``R`` splits the problem into two transportation problems (words x rows, words x columns); for
     any prices ``u, v >= 0``, ``sum_w [min_i(a + u) + min_j(b + v)] - C sum(u) - R sum(v)`` is a lower
     bound on the optimum, computed here from each word's stored rows/columns and the bound on the
-    rest (``transport_prices``). Returns ``{"bound", "row_prices", "col_prices"}``."""
-    out = {}
-    for name, idx, cost, n_bins, cap in (("row", cand.row_idx, cand.row_cost, cand.rows, cand.cols),
-                                          ("col", cand.col_idx, cand.col_cost, cand.cols, cand.rows)):
+    rest (``Transport``). Both problems step together, at most ``iters`` times; they stop early
+    once the bound reaches ``target``, gained less than ``min_gain`` (relative) over ``patience``
+    steps, or (after ``patience`` steps) cannot reach ``floor`` (a bound already known) at the
+    rate of its last ``patience`` steps. Returns ``{"bound", "row_prices", "col_prices", "steps"}``."""
+    ts = []
+    for idx, cost, n_bins, cap in ((cand.row_idx, cand.row_cost, cand.rows, cand.cols),
+                                   (cand.col_idx, cand.col_cost, cand.cols, cand.rows)):
         idx_t = torch.from_numpy(np.ascontiguousarray(idx, dtype=np.int64))
         cost_t = torch.from_numpy(np.ascontiguousarray(cost, dtype=np.float64))
         if idx_t.shape[1] < n_bins:  # the last stored value bounds every row/column not stored
@@ -512,10 +540,22 @@ def separable_bound(cand: Candidates, iters: int = 60, stop: Callable[[], bool] 
             idx_t, cost_t = idx_t[:, :-1], cost_t[:, :-1]
         else:
             rest = torch.full((idx_t.shape[0],), np.inf, dtype=torch.float64)
-        prices, bound = transport_prices(idx_t, cost_t, rest, n_bins, cap, iters, stop)
-        out[name] = bound
-        out[f"{name}_prices"] = prices.numpy()
-    return {"bound": out["row"] + out["col"], "row_prices": out["row_prices"], "col_prices": out["col_prices"]}
+        ts.append(Transport(idx_t, cost_t, rest, n_bins, cap))
+    history, steps = [], 0
+    for steps in range(1, iters + 1):
+        poll(stop)
+        moving = [t.step() for t in ts]
+        history.append(ts[0].best + ts[1].best)
+        if not any(moving) or history[-1] >= target:
+            break
+        if len(history) > patience:
+            gain = history[-1] - history[-1 - patience]
+            if gain <= min_gain * abs(history[-1]):
+                break
+            if history[-1] < floor and history[-1] + gain * (iters - steps) / patience < floor:
+                break
+    return {"bound": ts[0].best + ts[1].best, "row_prices": ts[0].best_u.numpy(), "col_prices": ts[1].best_u.numpy(),
+            "steps": steps}
 
 
 def dual_bound(cand: Candidates, price: np.ndarray, width: np.ndarray) -> float:
@@ -683,16 +723,13 @@ def solve(cand: Candidates, method: str = "auto", top_k: int | None = None, tole
         res = auction(cand, k0=min(k0, cand.width), tolerance=tolerance, max_rounds=max_rounds,
                       grow=2.0 if V <= 50_000 else 1.5, stop=stop)
         poll(stop)
-        info["auction_bound"] = dual_bound(cand, res.price, res.width)
-        sep = separable_bound(cand, stop=stop)
-        info["separable_bound"] = sep["bound"]
-        dual = max(info["auction_bound"], sep["bound"])
+        info["auction_bound"] = dual = dual_bound(cand, res.price, res.width)
         cells = _complete(cand, res.cells.copy())
         info.update({"rounds": res.rounds, "bids": res.bids, "converged": res.converged, "widened": res.widened,
                      "max_width": int(res.width.max()), **res.info})
     elif method == "greedy":
         cells = _greedy(cand, min(top_k or 8, cand.width))
-        dual = info["separable_bound"] = separable_bound(cand, stop=stop)["bound"]
+        dual = -np.inf
     else:
         raise ValueError(f"unknown reallocation method '{method}': use exact, sparse, greedy or auto")
     if cand.dense is not None:
@@ -709,6 +746,14 @@ def solve(cand: Candidates, method: str = "auto", top_k: int | None = None, tole
         info["kept_current"] = True
     if dual is None:
         dual = objective
+    elif (objective - dual) > SEPARABLE_FROM_GAP * abs(objective):
+        # the auction's dual leaves a gap: the separable bound often closes much of it (words that
+        # ended outside their boxes, where the auction's bound for them is loose)
+        t_sep = time.perf_counter()
+        sep = separable_bound(cand, stop=stop, target=objective - SEPARABLE_TARGET_GAP * abs(objective), floor=dual)
+        info.update({"separable_bound": sep["bound"], "separable_steps": sep["steps"],
+                     "separable_seconds": time.perf_counter() - t_sep})
+        dual = max(dual, sep["bound"])
     plain = cand.plain_cost(cells, pen)
     info.update({
         "objective": objective, "objective_current": current, "dual_bound": dual,
