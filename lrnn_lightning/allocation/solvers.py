@@ -350,6 +350,9 @@ def auction(cand: Candidates, k0: int = 8, tolerance: float = 1e-3,
     # wider boxes cost memory (a word at width 32 holds 1,025 candidates): at most this many in all
     max_entries = max(int(widen_budget * V * (widths[0] ** 2 + 1)), 1 << 22)
 
+    top = np.full(n_cells, -np.inf)  # per-round scratch: highest bid and lowest top bidder per cell
+    low = np.full(n_cells, V, np.int64)
+
     def run(eps: np.ndarray, todo: np.ndarray) -> np.ndarray:
         while todo.size and counters["rounds"] < max_rounds and counters["bids"] < max_bids:
             if todo.size <= few and counters["rounds"] >= patience:
@@ -391,10 +394,12 @@ def auction(cand: Candidates, k0: int = 8, tolerance: float = 1e-3,
                 continue
             words, target, bid = np.concatenate(bw), np.concatenate(bc), np.concatenate(bv)
             counters["bids"] += len(words)
-            order = np.lexsort((words, -bid, target))  # per cell: the highest bid, then the lowest word
-            first = np.ones(len(order), bool)
-            first[1:] = target[order][1:] != target[order][:-1]
-            win = order[first]
+            # per cell: the highest bid, then the lowest word (scatter max/min: no sort of the bids)
+            np.maximum.at(top, target, bid)
+            at_top = bid == top[target]
+            np.minimum.at(low, target[at_top], words[at_top])
+            win = np.flatnonzero(at_top & (low[target] == words))
+            top[target], low[target] = -np.inf, V  # clean for the next round
             won, winners = target[win], words[win]
             displaced = owner[won]
             displaced = displaced[displaced >= 0]
@@ -461,12 +466,13 @@ class Transport:
     elsewhere (the (capacity+1)-th largest margin to their second choice, a little more for ties).
     Returns False once no bin is over capacity (the prices then stay)."""
 
-    def __init__(self, idx: torch.Tensor, cost: torch.Tensor, rest: torch.Tensor, n_bins: int, capacity: int):
+    def __init__(self, idx: np.ndarray, cost: np.ndarray, rest: np.ndarray, n_bins: int, capacity: int):
         self.idx, self.cost, self.rest, self.n_bins, self.capacity = idx, cost, rest, n_bins, capacity
-        self.u = torch.zeros(n_bins, dtype=torch.float64, device=cost.device)
-        self.best_u, self.best = self.u.clone(), -np.inf
-        scale = float(cost[:, 0].abs().mean()) if len(cost) else 1.0
+        self.u = np.zeros(n_bins)
+        self.best_u, self.best = self.u.copy(), -np.inf
+        scale = float(np.abs(cost[:, 0]).mean()) if len(cost) else 1.0
         self.tiny = 1e-9 * max(scale, 1e-12)
+        self.rows = np.arange(len(cost))
         self.done = False
 
     def step(self) -> bool:
@@ -474,42 +480,42 @@ class Transport:
             return False
         idx, u, cap = self.idx, self.u, self.capacity
         val = self.cost + u[idx]
-        v1, j = val.min(1)
-        bound = float(torch.minimum(v1, self.rest).sum()) - cap * float(u.sum())
+        j = val.argmin(1)
+        v1 = val[self.rows, j]
+        bound = float(np.minimum(v1, self.rest).sum()) - cap * float(u.sum())
         if bound > self.best:
-            self.best, self.best_u = bound, u.clone()
-        b = idx.gather(1, j[:, None]).squeeze(1)
-        demand = torch.bincount(b, minlength=self.n_bins)
+            self.best, self.best_u = bound, u.copy()
+        b = idx[self.rows, j]
+        demand = np.bincount(b, minlength=self.n_bins)
         over = demand > cap
-        if not bool(over.any()):
+        if not over.any():
             self.done = True
             return False
-        words = torch.nonzero(over[b]).squeeze(1)
+        words = np.flatnonzero(over[b])
         vw = val[words]
-        second = vw.scatter(1, j[words, None], np.inf).min(1).values if idx.shape[1] > 1 else \
-            torch.full((len(words),), np.inf, dtype=torch.float64, device=u.device)
-        margin = (torch.minimum(second, self.rest[words]) - v1[words]).clamp_min(0.0)
-        bw = b[words]
-        # per bin, its demanders by margin, largest first: the one at position `capacity` sets the rise
-        # (one sort: the key orders by bin, then by margin's float32 rank, largest first)
-        order = torch.argsort(margin.float(), descending=True, stable=True)
-        rank = torch.empty_like(order)
-        rank[order] = torch.arange(len(order), device=u.device)
-        order = torch.argsort(bw * len(order) + rank)
-        bw, mw = bw[order], margin[order]
-        first = torch.searchsorted(bw, bw, right=False)
-        at = (torch.arange(len(bw), device=u.device) - first) == cap
-        rise = torch.zeros(self.n_bins, dtype=torch.float64, device=u.device)
-        rise[bw[at]] = mw[at]
-        rise = torch.where(torch.isfinite(rise), rise, torch.zeros_like(rise))
-        self.u = u + torch.where(over, rise + self.tiny + 1e-12 * rise.abs(), torch.zeros_like(u))
+        vw[np.arange(len(words)), j[words]] = np.inf
+        second = vw.min(1) if idx.shape[1] > 1 else np.full(len(words), np.inf)
+        margin = np.maximum(np.minimum(second, self.rest[words]) - v1[words], 0.0)
+        # per bin over capacity, the (capacity+1)-th largest margin of its demanders sets the rise
+        bw = b[words].astype(np.int32)
+        order = np.argsort(bw, kind="stable")
+        bw, margin = bw[order], margin[order]
+        bins = np.flatnonzero(over)
+        starts = np.searchsorted(bw, bins)
+        stops = np.searchsorted(bw, bins, side="right")
+        rise = np.zeros(self.n_bins)
+        for i, a, z in zip(bins.tolist(), starts.tolist(), stops.tolist()):
+            k = z - a - cap - 1  # ascending position of the (capacity+1)-th largest
+            r = float(np.partition(margin[a:z], k)[k])
+            rise[i] = r if np.isfinite(r) else 0.0
+        self.u = u + np.where(over, rise + self.tiny + 1e-12 * np.abs(rise), 0.0)
         return True
 
 
-def transport_prices(idx: torch.Tensor, cost: torch.Tensor, rest: torch.Tensor, n_bins: int, capacity: int,
-                     iters: int = 60, stop: Callable[[], bool] | None = None) -> tuple[torch.Tensor, float]:
+def transport_prices(idx, cost, rest, n_bins: int, capacity: int, iters: int = 60,
+                     stop: Callable[[], bool] | None = None) -> tuple[np.ndarray, float]:
     """``(prices, bound)`` after at most ``iters`` steps of ``Transport`` (the best bound seen)."""
-    t = Transport(idx, cost, rest, n_bins, capacity)
+    t = Transport(*(np.asarray(x.numpy() if hasattr(x, "numpy") else x) for x in (idx, cost, rest)), n_bins, capacity)
     for _ in range(iters):
         poll(stop)
         if not t.step():
@@ -533,13 +539,13 @@ def separable_bound(cand: Candidates, iters: int = 60, stop: Callable[[], bool] 
     ts = []
     for idx, cost, n_bins, cap in ((cand.row_idx, cand.row_cost, cand.rows, cand.cols),
                                    (cand.col_idx, cand.col_cost, cand.cols, cand.rows)):
-        idx_t = torch.from_numpy(np.ascontiguousarray(idx, dtype=np.int64))
-        cost_t = torch.from_numpy(np.ascontiguousarray(cost, dtype=np.float64))
+        idx_t = np.ascontiguousarray(idx, dtype=np.int64)
+        cost_t = np.ascontiguousarray(cost, dtype=np.float64)
         if idx_t.shape[1] < n_bins:  # the last stored value bounds every row/column not stored
-            rest = cost_t[:, -1].clone()
-            idx_t, cost_t = idx_t[:, :-1], cost_t[:, :-1]
+            rest = cost_t[:, -1].copy()
+            idx_t, cost_t = np.ascontiguousarray(idx_t[:, :-1]), np.ascontiguousarray(cost_t[:, :-1])
         else:
-            rest = torch.full((idx_t.shape[0],), np.inf, dtype=torch.float64)
+            rest = np.full(idx_t.shape[0], np.inf)
         ts.append(Transport(idx_t, cost_t, rest, n_bins, cap))
     history, steps = [], 0
     for steps in range(1, iters + 1):
@@ -554,7 +560,7 @@ def separable_bound(cand: Candidates, iters: int = 60, stop: Callable[[], bool] 
                 break
             if history[-1] < floor and history[-1] + gain * (iters - steps) / patience < floor:
                 break
-    return {"bound": ts[0].best + ts[1].best, "row_prices": ts[0].best_u.numpy(), "col_prices": ts[1].best_u.numpy(),
+    return {"bound": ts[0].best + ts[1].best, "row_prices": ts[0].best_u, "col_prices": ts[1].best_u,
             "steps": steps}
 
 
