@@ -34,7 +34,7 @@ def test_every_kernel_variant_compiles_for_sm80_and_sm90_without_spills(tmp_path
     names = {r["variant"] for r in results}
     # both kernels, both K, the three dtypes, bf16 U with an fp32 input, every flag
     for part in ("forward-K3-fp32-xfp32", "forward-K4-bf16-xbf16", "forward-K3-bf16-xfp32-pts",
-                 "backward-K3-fp16-xfp32-pt", "backward-K4-fp16-xfp16", "-dirs1", "-dodd", "-L1"):
+                 "backward-K3-fp16-xfp32-pt", "backward-K4-fp16-xfp16", "-dirs1", "-dodd", "-L1", "-noc0"):
         assert any(part in n for n in names), part
     assert {r["arch"] for r in results} == {80, 90}
     assert all(r["ok"] for r in results)
@@ -193,6 +193,174 @@ def test_sru_trains_on_cpu_where_triton_cannot_be_imported(tmp_path):
                           timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == ["ok", "torch", "False"]
+
+
+# ---- the launch path: retain_graph, double backward, zero states, torch.compile, direct launch ----
+
+NAMES = ("U", "x", "weight_c", "bias", "c0")
+
+
+def _wrt(args):
+    return [args[n] for n in NAMES if args[n] is not None and args[n].requires_grad]
+
+
+@interpreted
+def test_backward_twice_with_retain_graph_gives_the_same_gradients():
+    """A second backward through a retained graph (it used to find the launch cleared)."""
+    from triton_kernels.sru import sru_recurrence_triton
+
+    args, kw = make_inputs(4, 2, 4, True, 3, False, True, True)
+    h, c = sru_recurrence_triton(*(args[n] for n in NAMES), **kw)
+    loss = h.square().sum() + c.sum()
+    first = torch.autograd.grad(loss, _wrt(args), retain_graph=True)
+    second = torch.autograd.grad(loss, _wrt(args))
+    for a, b in zip(first, second):
+        assert torch.equal(a, b)
+    ref = run(sru_recurrence_naive, args, kw, False)[2]
+    got = run(sru_recurrence_triton, args, kw, False)[2]
+    for a, b in zip(ref, got):
+        torch.testing.assert_close(b, a, atol=2e-5, rtol=1e-4)
+
+
+@interpreted
+def test_double_backward_takes_the_reference_gradients():
+    """``create_graph=True``: the backward kernel is not differentiable, the reference's gradients
+    are (``_reference_gradients``): second derivatives checked numerically in float64."""
+    from triton_kernels.sru import sru_recurrence_triton
+
+    args, kw = make_inputs(2, 1, 2, True, 3, False, True, True, dtype=torch.float64)
+    names = [n for n in NAMES if args[n] is not None and args[n].requires_grad]
+
+    def f(*tensors):
+        a = dict(args, **dict(zip(names, tensors)))
+        return sru_recurrence_triton(*(a[n] for n in NAMES), use_tanh=True, **kw)
+
+    assert torch.autograd.gradgradcheck(f, [args[n] for n in names], fast_mode=True)
+    # with a graph, the first derivatives equal the kernels' (no graph)
+    h, c = f(*(args[n] for n in names))
+    with_graph = torch.autograd.grad(h.sum() + c.sum(), _wrt(args), create_graph=True)
+    kernels = torch.autograd.grad(h.sum() + c.sum(), _wrt(args))
+    assert all(g.requires_grad for g in with_graph)
+    for a, b in zip(kernels, with_graph):
+        torch.testing.assert_close(b.detach(), a, atol=1e-5, rtol=1e-5)
+
+
+def test_torch_path_double_backward_raises_instead_of_being_wrong():
+    from triton_kernels.torch_fast import sru_recurrence_torch
+
+    args, kw = make_inputs(3, 2, 2, False, 3, False, False, False, dtype=torch.float64)
+    h, c = sru_recurrence_torch(*(args[n] for n in NAMES), **kw)
+    (g,) = torch.autograd.grad(h.square().sum(), [args["U"]], create_graph=True)
+    with pytest.raises(RuntimeError, match="differentiate twice"):
+        g.sum().backward()
+
+
+class _Ops(TorchDispatchMode):
+    """The aten ops that run below autograd."""
+
+    def __init__(self):
+        super().__init__()
+        self.names = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.names.append(func.overloadpacket.__name__)
+        return func(*args, **(kwargs or {}))
+
+
+@interpreted
+def test_zero_initial_state_and_unused_last_state_cost_no_buffer():
+    """c0=None (the module's first window) and a last state whose gradient is not taken (detached
+    and carried): the kernels start from zero, nothing is allocated or filled for them."""
+    from triton_kernels.sru import sru_recurrence_triton
+
+    args, kw = make_inputs(4, 2, 4, True, 3, False, True, True)
+    zero = dict(args, c0=torch.zeros_like(args["c0"]))
+    h_ref, c_ref = sru_recurrence_triton(*(zero[n] for n in NAMES), **kw)
+    g_ref = torch.autograd.grad(h_ref.square().sum(), _wrt(args)[:-1])
+    with _Ops() as ops:
+        h, c = sru_recurrence_triton(*(args[n] for n in NAMES[:4]), None, **kw)
+        g = torch.autograd.grad(h.square().sum(), _wrt(args)[:-1])
+    assert not {"zeros", "zeros_like", "new_zeros", "zero_", "fill_"} & set(ops.names), ops.names
+    torch.testing.assert_close(h, h_ref, atol=0, rtol=0)
+    torch.testing.assert_close(c, c_ref, atol=0, rtol=0)
+    for a, b in zip(g_ref, g):
+        torch.testing.assert_close(b, a, atol=0, rtol=0)
+    # the module passes no c0 to the kernels, and gets the same as with zeros
+    torch.manual_seed(0)
+    sru = SRU(8, 4, num_layers=2, bidirectional=True, backend="triton")
+    x = torch.randn(3, 2, 8)
+    torch.testing.assert_close(sru(x), sru(x, c0=torch.zeros(2, 2, 8)), atol=0, rtol=0)
+
+
+@interpreted
+def test_custom_ops_pass_opcheck():
+    """The ops torch.compile sees: schema, fake (shape) functions, autograd registration, AOT dispatch."""
+    from triton_kernels.sru import _op_backward, _op_forward, pad_bytes, to_planar
+
+    args, kw = make_inputs(3, 2, 4, True, 3, False, True, True)
+    U = to_planar(args["U"].detach(), 2, 4).requires_grad_()
+    common = (args["x"], args["weight_c"], args["bias"])
+    pad = pad_bytes(kw["mask_pad"])
+    for c0 in (args["c0"], None):
+        torch.library.opcheck(_op_forward, (U, *common, c0, kw["mask_c"], pad, 4, 2, 1.3, True, True))
+    h, c, c_seq = _op_forward(U, *common, args["c0"], kw["mask_c"], pad, 4, 2, 1.3, False, True)
+    grad = (torch.randn_like(h), torch.randn_like(c))
+    torch.library.opcheck(_op_backward, (U.detach(), args["x"].detach(), args["weight_c"].detach(),
+                                         args["bias"].detach(), args["c0"].detach(), kw["mask_c"], pad, c_seq,
+                                         *grad, 4, 2, 1.3, False), test_utils=("test_schema", "test_faketensor"))
+
+
+@pytest.mark.parametrize("backend", [pytest.param("triton", marks=interpreted), "torch"])
+@pytest.mark.parametrize("v1", [False, True])
+def test_module_compiles_without_graph_break(backend, v1):
+    """``torch.compile(fullgraph=True)`` (AOT autograd, no Inductor: fast) traces the whole stack, the
+    Triton recurrence as the custom op; same outputs and gradients as eager."""
+    torch.manual_seed(0)
+    sru = SRU(8, 4, num_layers=2, bidirectional=True, v1=v1, backend=backend).eval()
+    x = torch.randn(5, 3, 8, requires_grad=True)
+    pad = torch.zeros(5, 3, dtype=torch.bool)
+    pad[3:, 1] = True
+    params = [x, *[p for p in sru.parameters() if p.requires_grad]]
+    h0, c0 = sru(x, mask_pad=pad)
+    g0 = torch.autograd.grad(h0.square().sum() + c0.sum(), params)
+    graphs = []
+
+    def capture(gm, example_inputs):
+        graphs.append(gm)
+        from torch._dynamo.backends.common import aot_autograd
+
+        return aot_autograd(fw_compiler=lambda g, _: g, bw_compiler=lambda g, _: g)(gm, example_inputs)
+
+    torch._dynamo.reset()
+    h, c = torch.compile(sru, fullgraph=True, backend=capture)(x, mask_pad=pad)
+    g = torch.autograd.grad(h.square().sum() + c.sum(), params)
+    assert len(graphs) == 1
+    code = graphs[0].code
+    assert ("lrnn_sru.recurrence_forward" in code) == (backend == "triton")
+    torch.testing.assert_close(h, h0, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(c, c0, atol=1e-6, rtol=1e-6)
+    for a, b in zip(g0, g):
+        torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-5)
+
+
+def test_launch_key_separates_every_triton_specialization():
+    """The direct launch reuses a compiled kernel for every call with the same ``launch_key``: the key
+    must tell apart whatever Triton's JIT specializes on (its own ``specialize_impl``, no GPU needed)."""
+    from triton._C.libtriton import native_specialize_impl
+    from triton.backends.compiler import BaseBackend
+
+    from triton_kernels.sru import launch_key
+
+    base = torch.zeros(64)
+    samples = [1, 2, 16, 17, 32, 2**31 + 16, 2**31 + 1, -1, True, False, 0.5, 1.0, base, base[1:], base[4:],
+               base.to(torch.bfloat16), torch.zeros(64, dtype=torch.bool), torch.zeros(64, dtype=torch.int8)]
+
+    def spec(a):
+        return native_specialize_impl(BaseBackend, a, False, True, True)
+
+    for a, b in [(a, b) for a in samples for b in samples]:
+        if launch_key((a,)) == launch_key((b,)):
+            assert spec(a) == spec(b), (a, b)
 
 
 # ---- CUDA: the compiled kernels (run where a GPU is present) -------------------------------------

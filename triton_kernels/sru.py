@@ -61,7 +61,7 @@ def _tanh(x):
 
 
 @triton.jit
-def _lanes(WC, BIAS, C0, MASK_C, B, D, DIRS, HAS_MASK_C, BLOCK: tl.constexpr):
+def _lanes(WC, BIAS, C0, MASK_C, B, D, DIRS, HAS_MASK_C, HAS_C0: tl.constexpr, BLOCK: tl.constexpr):
     """This program's batch row, direction, lanes (columns of a [B, DIRS * D] state) and their
     v_f, v_r, b_f, b_r, dropout keep factor and initial state, in fp32 whatever their dtype."""
     b = tl.program_id(0)
@@ -79,7 +79,9 @@ def _lanes(WC, BIAS, C0, MASK_C, B, D, DIRS, HAS_MASK_C, BLOCK: tl.constexpr):
     keep = tl.full([BLOCK], 1.0, tl.float32)
     if HAS_MASK_C:
         keep = tl.load(MASK_C + state, mask=valid, other=0.0).to(tl.float32)
-    c0 = tl.load(C0 + state, mask=valid, other=0.0).to(tl.float32)
+    c0 = tl.zeros([BLOCK], dtype=tl.float32)
+    if HAS_C0:  # else a zero initial state, never allocated
+        c0 = tl.load(C0 + state, mask=valid, other=0.0).to(tl.float32)
     return b, direction, col, valid, DD, v_f, v_r, b_f, b_r, keep, state, c0
 
 
@@ -101,9 +103,9 @@ def _load_step(U, X, row, col, DD, valid, scale_x, K: tl.constexpr):
 @triton.jit
 def _sru_forward_kernel(U, X, WC, BIAS, C0, MASK_C, MASK_PAD, H, C_SEQ, C_LAST, scale_x, L, B, D, DIRS,
                         HAS_MASK_C, K: tl.constexpr, HAS_PAD: tl.constexpr, USE_TANH: tl.constexpr,
-                        SAVE_C: tl.constexpr, BLOCK: tl.constexpr, STAGES: tl.constexpr):
+                        SAVE_C: tl.constexpr, HAS_C0: tl.constexpr, BLOCK: tl.constexpr, STAGES: tl.constexpr):
     b, direction, col, valid, DD, v_f, v_r, b_f, b_r, keep, state, c = _lanes(
-        WC, BIAS, C0, MASK_C, B, D, DIRS, HAS_MASK_C, BLOCK)
+        WC, BIAS, C0, MASK_C, B, D, DIRS, HAS_MASK_C, HAS_C0, BLOCK)
     for i in tl.range(0, L, num_stages=STAGES):
         t = i + direction * (L - 1 - 2 * i)  # i forwards, L - 1 - i backwards
         row = t.to(tl.int64) * B + b
@@ -132,11 +134,13 @@ def _sru_forward_kernel(U, X, WC, BIAS, C0, MASK_C, MASK_PAD, H, C_SEQ, C_LAST, 
 @triton.jit
 def _sru_backward_kernel(U, X, WC, BIAS, C0, MASK_C, MASK_PAD, C_SEQ, GRAD_H, GRAD_C_LAST,
                          GRAD_U, GRAD_X, GRAD_C0, GRAD_PARAMS, scale_x, L, B, D, DIRS, HAS_MASK_C,
-                         K: tl.constexpr, HAS_PAD: tl.constexpr, USE_TANH: tl.constexpr,
-                         BLOCK: tl.constexpr, STAGES: tl.constexpr):
+                         K: tl.constexpr, HAS_PAD: tl.constexpr, USE_TANH: tl.constexpr, HAS_C0: tl.constexpr,
+                         HAS_GRAD_C: tl.constexpr, BLOCK: tl.constexpr, STAGES: tl.constexpr):
     b, direction, col, valid, DD, v_f, v_r, b_f, b_r, keep, state, c0 = _lanes(
-        WC, BIAS, C0, MASK_C, B, D, DIRS, HAS_MASK_C, BLOCK)
-    carry = tl.load(GRAD_C_LAST + state, mask=valid, other=0.0).to(tl.float32)
+        WC, BIAS, C0, MASK_C, B, D, DIRS, HAS_MASK_C, HAS_C0, BLOCK)
+    carry = tl.zeros([BLOCK], dtype=tl.float32)
+    if HAS_GRAD_C:  # else no gradient reaches the last state (it was detached or unused)
+        carry = tl.load(GRAD_C_LAST + state, mask=valid, other=0.0).to(tl.float32)
     # the state after the direction's last step; each later iteration gets it from the one before
     last = (L - 1) * (1 - direction)
     c_t = tl.load(C_SEQ + (last.to(tl.int64) * B + b) * DD + col, mask=valid, other=0.0)
@@ -191,7 +195,8 @@ def _sru_backward_kernel(U, X, WC, BIAS, C0, MASK_C, MASK_PAD, C_SEQ, GRAD_H, GR
         acc_bf += g_f_pre
         acc_br += g_r_pre
         c_t = c_prev
-    tl.store(GRAD_C0 + state, carry.to(GRAD_C0.dtype.element_ty), mask=valid)
+    if HAS_C0:
+        tl.store(GRAD_C0 + state, carry.to(GRAD_C0.dtype.element_ty), mask=valid)
     n = B * DD
     tl.store(GRAD_PARAMS + state, acc_vf, mask=valid)
     tl.store(GRAD_PARAMS + n + state, acc_vr, mask=valid)
@@ -205,10 +210,11 @@ def _grid(B: int, dirs: int, D: int):
 
 def launch_key(args) -> tuple:
     """What decides the compiled kernel of a launch besides the constexprs: every integer and flag by
-    value, each tensor's dtype and whether its address is 16-byte aligned (Triton specializes
-    pointers on that), floats by type only (Triton never specializes them)."""
+    type and value (``True == 1``, yet Triton types them apart), each tensor's dtype and whether its
+    address is 16-byte aligned (Triton specializes pointers on that), floats by type only (Triton
+    never specializes them)."""
     return tuple((a.dtype, a.data_ptr() % 16 == 0) if isinstance(a, torch.Tensor) else
-                 (float if isinstance(a, float) else a) for a in args)
+                 (float if isinstance(a, float) else (a.__class__, a)) for a in args)
 
 
 class _Launcher:
@@ -270,48 +276,51 @@ def clear_launch_cache() -> None:
 
 def _forward(U, x, weight_c, bias, c0, mask_c, pad, D: int, dirs: int, scale_x: float, use_tanh: bool,
              save_c: bool):
-    """h (U's dtype), the fp32 states (``None`` unless ``save_c``) and the last state (c0's dtype).
-    Inputs contiguous; ``pad`` int8; ``x`` None when U holds the highway plane (K = 4)."""
+    """h (U's dtype), the fp32 states (``None`` unless ``save_c``) and the last state (c0's dtype, or the
+    parameters' when ``c0`` is None: a zero initial state). Inputs contiguous; ``pad`` int8; ``x`` None
+    when U holds the highway plane (K = 4)."""
     L, B, K = U.shape[0], U.shape[1], U.shape[2]
     DD = dirs * D
     h = torch.empty((L, B, DD), dtype=U.dtype, device=U.device)
     c_seq = torch.empty((L, B, DD), dtype=torch.float32, device=U.device) if save_c else None
-    c_last = torch.empty((B, DD), dtype=c0.dtype, device=U.device)
+    c_last = torch.empty((B, DD), dtype=weight_c.dtype if c0 is None else c0.dtype, device=U.device)
     _FORWARD(B, dirs, D,
-             (U, U if x is None else x, weight_c, bias, c0, c0 if mask_c is None else mask_c,
-              c0 if pad is None else pad, h, h if c_seq is None else c_seq, c_last, scale_x, L, B, D, dirs,
-              mask_c is not None),
-             (("K", K), ("HAS_PAD", pad is not None), ("USE_TANH", use_tanh), ("SAVE_C", save_c)))
+             (U, U if x is None else x, weight_c, bias, c_last if c0 is None else c0,
+              c_last if mask_c is None else mask_c, c_last if pad is None else pad, h,
+              h if c_seq is None else c_seq, c_last, scale_x, L, B, D, dirs, mask_c is not None),
+             (("K", K), ("HAS_PAD", pad is not None), ("USE_TANH", use_tanh), ("SAVE_C", save_c),
+              ("HAS_C0", c0 is not None)))
     return h, c_seq, c_last
 
 
 def _backward(U, x, weight_c, bias, c0, mask_c, pad, c_seq, grad_h, grad_c_last, D: int, dirs: int,
               scale_x: float, use_tanh: bool):
-    """dU, dx (None when K = 4), dc0 (c0's dtype) and the fp32 sums [4, dirs * D]: dv_f, dv_r, db_f, db_r.
-    ``grad_h`` and ``grad_c_last`` contiguous, any float dtype."""
+    """dU, dx (None when K = 4), dc0 (c0's dtype; None without c0) and the fp32 sums [4, dirs * D]:
+    dv_f, dv_r, db_f, db_r. ``grad_h`` contiguous, any float dtype; ``grad_c_last`` too, or None (zero)."""
     L, B, K = U.shape[0], U.shape[1], U.shape[2]
     DD = dirs * D
     grad_U = torch.empty_like(U)
     grad_x = None if x is None else torch.empty_like(x)
-    grad_c0 = torch.empty_like(c0)
+    grad_c0 = None if c0 is None else torch.empty_like(c0)
     partial = torch.empty((4, B, DD), dtype=torch.float32, device=U.device)  # per batch row
     _BACKWARD(B, dirs, D,
-              (U, U if x is None else x, weight_c, bias, c0, c0 if mask_c is None else mask_c,
-               c0 if pad is None else pad, c_seq, grad_h, grad_c_last, grad_U, grad_U if grad_x is None else grad_x,
-               grad_c0, partial, scale_x, L, B, D, dirs, mask_c is not None),
-              (("K", K), ("HAS_PAD", pad is not None), ("USE_TANH", use_tanh)))
+              (U, U if x is None else x, weight_c, bias, partial if c0 is None else c0,
+               partial if mask_c is None else mask_c, partial if pad is None else pad, c_seq, grad_h,
+               partial if grad_c_last is None else grad_c_last, grad_U, grad_U if grad_x is None else grad_x,
+               partial if grad_c0 is None else grad_c0, partial, scale_x, L, B, D, dirs, mask_c is not None),
+              (("K", K), ("HAS_PAD", pad is not None), ("USE_TANH", use_tanh), ("HAS_C0", c0 is not None),
+               ("HAS_GRAD_C", grad_c_last is not None)))
     return grad_U, grad_x, grad_c0, partial.sum(1)
 
 
-def _output_grads(U, c0, grad_h, grad_c_last, dirs: int, D: int):
-    """The output gradients as the backward kernel reads them: zeros for a missing one, contiguous."""
+def _output_grads(U, grad_h, grad_c_last, dirs: int, D: int):
+    """The output gradients as the backward kernel reads them: contiguous; zeros for a missing dh, and
+    a missing dc stays None (the kernel starts from zero)."""
     if grad_h is None:
         grad_h = torch.zeros((U.shape[0], U.shape[1], dirs * D), dtype=U.dtype, device=U.device)
     elif not grad_h.is_contiguous():
         grad_h = grad_h.contiguous()
-    if grad_c_last is None:
-        grad_c_last = torch.zeros_like(c0)
-    elif not grad_c_last.is_contiguous():
+    if grad_c_last is not None and not grad_c_last.is_contiguous():
         grad_c_last = grad_c_last.contiguous()
     return grad_h, grad_c_last
 
@@ -324,13 +333,13 @@ def _reference_gradients(saved, meta, grad_h, grad_c_last, needs):
 
     U, x, weight_c, bias, c0, mask_c, pad = saved
     D, dirs, scale_x, use_tanh = meta
-    h, c = sru_recurrence_naive(from_planar(U), x, weight_c, bias, c0, D, dirs == 2, scale_x, mask_c, pad,
-                                use_tanh)
-    outs, grads = zip(*[(o, g) for o, g in ((h, grad_h), (c, grad_c_last)) if g is not None]) \
-        if grad_h is not None or grad_c_last is not None else ((), ())
     wrt = [t for t, need in zip((U, x, weight_c, bias, c0), needs) if need]
-    if not outs or not wrt:
+    if (grad_h is None and grad_c_last is None) or not wrt:
         return [None] * 5
+    zero_c0 = U.new_zeros((U.shape[1], dirs * D), dtype=weight_c.dtype) if c0 is None else c0
+    h, c = sru_recurrence_naive(from_planar(U), x, weight_c, bias, zero_c0, D, dirs == 2, scale_x, mask_c, pad,
+                                use_tanh)
+    outs, grads = zip(*[(o, g) for o, g in ((h, grad_h), (c, grad_c_last)) if g is not None])
     got = iter(torch.autograd.grad(outs, wrt, grads, create_graph=True, allow_unused=True))
     return [next(got) if need else None for need in needs[:5]]
 
@@ -346,7 +355,7 @@ class SRURecurrenceTriton(torch.autograd.Function):
                                     save_c=True)
         ctx.save_for_backward(U, x, weight_c, bias, c0, mask_c, pad, c_seq)
         ctx.meta = (hidden_size, dirs, scale_x, use_tanh)
-        ctx.set_materialize_grads(False)
+        ctx.set_materialize_grads(False)  # a missing dc stays None: no zeros written
         return h, c_last
 
     @staticmethod
@@ -358,7 +367,7 @@ class SRURecurrenceTriton(torch.autograd.Function):
                                          need)
             return (*grads, None, None, None, None, None, None)
         D, dirs, scale_x, use_tanh = ctx.meta
-        grad_h, grad_c_last = _output_grads(U, c0, grad_h, grad_c_last, dirs, D)
+        grad_h, grad_c_last = _output_grads(U, grad_h, grad_c_last, dirs, D)
         grad_U, grad_x, grad_c0, sums = _backward(U, x, weight_c, bias, c0, mask_c, pad, c_seq, grad_h, grad_c_last,
                                                   D, dirs, scale_x, use_tanh)
         grad_wc = sums[:2].reshape(-1).to(weight_c.dtype) if need[2] else None
@@ -377,8 +386,9 @@ class SRURecurrenceTriton(torch.autograd.Function):
 
 @torch.library.custom_op("lrnn_sru::recurrence_forward", mutates_args=())
 def _op_forward(U: torch.Tensor, x: torch.Tensor | None, weight_c: torch.Tensor, bias: torch.Tensor,
-                c0: torch.Tensor, mask_c: torch.Tensor | None, pad: torch.Tensor | None, hidden_size: int, dirs: int,
-                scale_x: float, use_tanh: bool, save_c: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                c0: torch.Tensor | None, mask_c: torch.Tensor | None, pad: torch.Tensor | None, hidden_size: int,
+                dirs: int, scale_x: float, use_tanh: bool,
+                save_c: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     h, c_seq, c_last = _forward(U, x, weight_c, bias, c0, mask_c, pad, hidden_size, dirs, scale_x, use_tanh, save_c)
     return h, c_last, (c_seq if save_c else U.new_empty(0, dtype=torch.float32))
 
@@ -386,24 +396,25 @@ def _op_forward(U: torch.Tensor, x: torch.Tensor | None, weight_c: torch.Tensor,
 @_op_forward.register_fake
 def _(U, x, weight_c, bias, c0, mask_c, pad, hidden_size, dirs, scale_x, use_tanh, save_c):
     L, B, DD = U.shape[0], U.shape[1], dirs * hidden_size
-    return (U.new_empty((L, B, DD)), c0.new_empty((B, DD)),
+    return (U.new_empty((L, B, DD)), U.new_empty((B, DD), dtype=weight_c.dtype if c0 is None else c0.dtype),
             U.new_empty((L, B, DD) if save_c else (0,), dtype=torch.float32))
 
 
 @torch.library.custom_op("lrnn_sru::recurrence_backward", mutates_args=())
 def _op_backward(U: torch.Tensor, x: torch.Tensor | None, weight_c: torch.Tensor, bias: torch.Tensor,
-                 c0: torch.Tensor, mask_c: torch.Tensor | None, pad: torch.Tensor | None, c_seq: torch.Tensor,
-                 grad_h: torch.Tensor, grad_c_last: torch.Tensor, hidden_size: int, dirs: int, scale_x: float,
+                 c0: torch.Tensor | None, mask_c: torch.Tensor | None, pad: torch.Tensor | None, c_seq: torch.Tensor,
+                 grad_h: torch.Tensor, grad_c_last: torch.Tensor | None, hidden_size: int, dirs: int, scale_x: float,
                  use_tanh: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    grad_h, grad_c_last = _output_grads(U, c0, grad_h, grad_c_last, dirs, hidden_size)
     grad_U, grad_x, grad_c0, sums = _backward(U, x, weight_c, bias, c0, mask_c, pad, c_seq, grad_h, grad_c_last,
                                               hidden_size, dirs, scale_x, use_tanh)
-    return grad_U, (U.new_empty(0) if grad_x is None else grad_x), grad_c0, sums
+    return (grad_U, U.new_empty(0) if grad_x is None else grad_x, U.new_empty(0) if grad_c0 is None else grad_c0,
+            sums)
 
 
 @_op_backward.register_fake
 def _(U, x, weight_c, bias, c0, mask_c, pad, c_seq, grad_h, grad_c_last, hidden_size, dirs, scale_x, use_tanh):
-    return (torch.empty_like(U), U.new_empty(0) if x is None else torch.empty_like(x), torch.empty_like(c0),
+    return (torch.empty_like(U), U.new_empty(0) if x is None else torch.empty_like(x),
+            U.new_empty(0) if c0 is None else torch.empty_like(c0),
             U.new_empty((4, dirs * hidden_size), dtype=torch.float32))
 
 
@@ -416,14 +427,14 @@ def _op_setup(ctx, inputs, output):
 def _op_gradients(ctx, grad_h, grad_c_last, _grad_c_seq):
     U, x, weight_c, bias, c0, mask_c, pad, c_seq = ctx.saved_tensors
     D, dirs, scale_x, use_tanh = ctx.meta
-    grad_h, grad_c_last = _output_grads(U, c0, grad_h, grad_c_last, dirs, D)
+    grad_h, grad_c_last = _output_grads(U, grad_h, grad_c_last, dirs, D)
     grad_U, grad_x, grad_c0, sums = _op_backward(U, x, weight_c, bias, c0, mask_c, pad, c_seq, grad_h, grad_c_last,
                                                  D, dirs, scale_x, use_tanh)
     need = ctx.needs_input_grad
     return (grad_U if need[0] else None, grad_x if x is not None and need[1] else None,
             sums[:2].reshape(-1).to(weight_c.dtype) if need[2] else None,
             sums[2:].reshape(-1).to(bias.dtype) if need[3] else None,
-            grad_c0 if need[4] else None, None, None, None, None, None, None, None)
+            grad_c0 if c0 is not None and need[4] else None, None, None, None, None, None, None, None)
 
 
 _op_forward.register_autograd(_op_gradients, setup_context=_op_setup)
@@ -462,12 +473,14 @@ def pad_bytes(mask_pad: torch.Tensor | None) -> torch.Tensor | None:
 
 
 def sru_recurrence_triton(U: torch.Tensor, x: torch.Tensor | None, weight_c: torch.Tensor, bias: torch.Tensor,
-                          c0: torch.Tensor, hidden_size: int, bidirectional: bool = False, scale_x: float = 1.0,
-                          mask_c: torch.Tensor | None = None, mask_pad: torch.Tensor | None = None,
-                          use_tanh: bool = False, planar: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+                          c0: torch.Tensor | None, hidden_size: int, bidirectional: bool = False,
+                          scale_x: float = 1.0, mask_c: torch.Tensor | None = None,
+                          mask_pad: torch.Tensor | None = None, use_tanh: bool = False,
+                          planar: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Same arguments and results as ``naive.sru_recurrence_naive``; fp32/fp16/bf16 (U, x, the
     parameters and c0 may differ, e.g. bf16 U from autocast with an fp32 input), fp32 inside; h comes
-    in U's dtype, the last state in c0's.
+    in U's dtype, the last state in c0's. ``c0=None`` is a zero initial state (nothing allocated; the
+    last state then comes in the parameters' dtype).
 
     ``planar=True``: U is ``[L, B, K, dirs * D]`` (``to_planar``; what ``SRULayer`` computes) and
     its gradient comes back in that layout; otherwise the interleaved ``[L, B, dirs * D * K]``.
@@ -489,7 +502,8 @@ def sru_recurrence_triton(U: torch.Tensor, x: torch.Tensor | None, weight_c: tor
     pad = pad_bytes(mask_pad)
     scale_x, use_tanh = float(scale_x), bool(use_tanh)
     grad = torch.is_grad_enabled() and (U.requires_grad or weight_c.requires_grad or bias.requires_grad
-                                        or c0.requires_grad or (x is not None and x.requires_grad))
+                                        or (c0 is not None and c0.requires_grad)
+                                        or (x is not None and x.requires_grad))
     if torch.compiler.is_compiling():
         h, c, _ = _op_forward(U, x, weight_c, bias, c0, mask_c, pad, D, dirs, scale_x, use_tanh, grad)
         return h, c
