@@ -257,8 +257,10 @@ class _Launcher:
         compiled, grid, tail = hit
         stream = _driver.active.get_current_stream(device)
         full = (*args, *tail)
-        compiled.run(grid[0], grid[1], grid[2], stream, compiled.function, compiled.packed_metadata,
-                     compiled.launch_metadata(grid, stream, *full), _knobs.runtime.launch_enter_hook,
+        enter = _knobs.runtime.launch_enter_hook
+        # the launch's metadata is only read by launch hooks (a profiler): not built when none is set
+        meta = compiled.launch_metadata(grid, stream, *full) if getattr(enter, "calls", True) else None
+        compiled.run(grid[0], grid[1], grid[2], stream, compiled.function, compiled.packed_metadata, meta, enter,
                      _knobs.runtime.launch_exit_hook, *full)
 
 
