@@ -301,8 +301,9 @@ def test_custom_ops_pass_opcheck():
     U = to_planar(args["U"].detach(), 2, 4).requires_grad_()
     common = (args["x"], args["weight_c"], args["bias"])
     pad = pad_bytes(kw["mask_pad"])
-    for c0 in (args["c0"], None):
-        torch.library.opcheck(_op_forward, (U, *common, c0, kw["mask_c"], pad, 4, 2, 1.3, True, True))
+    torch.library.opcheck(_op_forward, (U, *common, args["c0"], kw["mask_c"], pad, 4, 2, 1.3, True, True))
+    torch.library.opcheck(_op_forward, (U, *common, None, None, None, 4, 2, 1.0, False, False),
+                          test_utils=("test_schema", "test_faketensor"))
     h, c, c_seq = _op_forward(U, *common, args["c0"], kw["mask_c"], pad, 4, 2, 1.3, False, True)
     grad = (torch.randn_like(h), torch.randn_like(c))
     torch.library.opcheck(_op_backward, (U.detach(), args["x"].detach(), args["weight_c"].detach(),
@@ -310,8 +311,8 @@ def test_custom_ops_pass_opcheck():
                                          *grad, 4, 2, 1.3, False), test_utils=("test_schema", "test_faketensor"))
 
 
-@pytest.mark.parametrize("backend", [pytest.param("triton", marks=interpreted), "torch"])
-@pytest.mark.parametrize("v1", [False, True])
+@pytest.mark.parametrize("backend,v1", [pytest.param("triton", False, marks=interpreted), ("torch", False),
+                                        ("torch", True)])
 def test_module_compiles_without_graph_break(backend, v1):
     """``torch.compile(fullgraph=True)`` (AOT autograd, no Inductor: fast) traces the whole stack, the
     Triton recurrence as the custom op; same outputs and gradients as eager."""
@@ -327,9 +328,7 @@ def test_module_compiles_without_graph_break(backend, v1):
 
     def capture(gm, example_inputs):
         graphs.append(gm)
-        from torch._dynamo.backends.common import aot_autograd
-
-        return aot_autograd(fw_compiler=lambda g, _: g, bw_compiler=lambda g, _: g)(gm, example_inputs)
+        return torch._dynamo.lookup_backend("aot_eager")(gm, example_inputs)
 
     torch._dynamo.reset()
     h, c = torch.compile(sru, fullgraph=True, backend=capture)(x, mask_pad=pad)

@@ -498,9 +498,11 @@ def sru_recurrence_triton(U: torch.Tensor, x: torch.Tensor | None, weight_c: tor
         U = to_planar(U, dirs, D)
     elif U.dim() != 4 or U.shape[3] != dirs * D:
         raise ValueError(f"planar U must be [L, B, K, {dirs * D}], got {tuple(U.shape)}")
-    U = _contiguous(U)
-    x = None if U.shape[2] == 4 else _contiguous(x)
-    weight_c, bias, c0, mask_c = _contiguous(weight_c), _contiguous(bias), _contiguous(c0), _contiguous(mask_c)
+    x = None if U.shape[2] == 4 else x
+    if not (U.is_contiguous() and weight_c.is_contiguous() and bias.is_contiguous()
+            and (x is None or x.is_contiguous()) and (c0 is None or c0.is_contiguous())
+            and (mask_c is None or mask_c.is_contiguous())):  # one test for the common case
+        U, x, weight_c, bias, c0, mask_c = (_contiguous(t) for t in (U, x, weight_c, bias, c0, mask_c))
     pad = pad_bytes(mask_pad)
     scale_x, use_tanh = float(scale_x), bool(use_tanh)
     grad = torch.is_grad_enabled() and (U.requires_grad or weight_c.requires_grad or bias.requires_grad

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 import warnings
 
 import torch
@@ -29,6 +30,8 @@ BACKENDS = ("auto", "triton", "torch")
 
 def triton_available() -> bool:
     """Whether the Triton kernels can be imported (triton is a dependency on Linux only)."""
+    if sys.modules.get("triton") is not None:  # imported already: no import machinery per call
+        return True
     try:
         import triton  # noqa: F401
     except ImportError:
@@ -63,11 +66,17 @@ def resolve_backend(backend: str, device: torch.device, dtype: torch.dtype) -> s
     return backend
 
 
-def _kernels():
-    """``triton_kernels.sru``, imported on the first Triton call (it needs triton)."""
-    import triton_kernels.sru as kernels
+_KERNELS = None
 
-    return kernels
+
+def _kernels():
+    """``triton_kernels.sru``, imported on the first Triton call (it needs triton), then kept."""
+    global _KERNELS
+    if _KERNELS is None:
+        import triton_kernels.sru as kernels
+
+        _KERNELS = kernels
+    return _KERNELS
 
 
 class SRULayer(nn.Module):
