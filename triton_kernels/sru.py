@@ -21,6 +21,20 @@ Nothing is saved and no ``c`` sequence is written when no gradient will be taken
 inference, generation). Autotuning is keyed on the problem's width, not on its length ``L``, so the
 short last BPTT window or evaluation does not re-benchmark every config.
 
+Host path (a layer call is otherwise bound by the CPU that issues it, not by the GPU): the parameters,
+c0 and the dropout mask are read in their own dtype and converted in the kernels (no conversion op),
+a zero initial state and a last state without gradient cost no buffer (``HAS_C0``, ``HAS_GRAD_C``),
+and after the first call of a problem (autotuning, compilation) the compiled kernel is launched
+directly (``_Launcher``). Under ``torch.compile`` the launches are custom ops (no graph break,
+CUDA-graph capturable); ``retain_graph`` backwards repeat; a double backward takes the reference's
+differentiable gradients (``_reference_gradients``).
+
+Not done: a chunked parallel scan over time for the 2017 form (``v = 0``, where ``c_t`` is a linear
+recurrence with input-only coefficients). The kernels already run ``B x dirs x D`` independent lanes;
+a scan only pays when those are too few to cover the GPU's memory latency (small batch, long
+sequences), and it costs an extra pass over the gates and carries. Whether it wins, and from which
+shape, is a GPU measurement (``benchmarks/sru_speed.py``) not made yet: no unmeasured complexity.
+
 Maths: ``naive.sru_recurrence_naive``.
 """
 
