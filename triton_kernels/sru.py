@@ -386,8 +386,9 @@ class SRURecurrenceTriton(torch.autograd.Function):
         grad_h, grad_c_last = _output_grads(U, grad_h, grad_c_last, dirs, D)
         grad_U, grad_x, grad_c0, sums = _backward(U, x, weight_c, bias, c0, mask_c, pad, c_seq, grad_h, grad_c_last,
                                                   D, dirs, scale_x, use_tanh)
-        grad_wc = sums[:2].reshape(-1).to(weight_c.dtype) if need[2] else None
-        grad_bias = sums[2:].reshape(-1).to(bias.dtype) if need[3] else None
+        grad_wc, grad_bias = sums.view(2, -1).unbind(0)  # (dv_f, dv_r), (db_f, db_r): one op, two views
+        grad_wc = grad_wc.to(weight_c.dtype) if need[2] else None
+        grad_bias = grad_bias.to(bias.dtype) if need[3] else None
         return (grad_U if need[0] else None, grad_x if need[1] else None, grad_wc, grad_bias,
                 grad_c0 if need[4] else None, None, None, None, None, None, None)
 
