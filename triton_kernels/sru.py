@@ -60,8 +60,13 @@ def _configs() -> list:
     return [triton.Config({"BLOCK": b, "STAGES": s}, num_warps=w) for b, w, s in CONFIGS]
 
 
-# key: the lane geometry and the variant; not L (every sequence length would re-tune)
+# key: the lane geometry and the variant; not L (every sequence length would re-tune). The choice is
+# also kept on disk (``cache_results``, Triton's cache folder): a new process does not re-benchmark
 _KEY = ["B", "D", "DIRS", "K", "HAS_PAD", "USE_TANH"]
+
+# after the first call of a problem, launch its compiled kernel directly (``_Launcher``);
+# LRNN_SRU_DIRECT_LAUNCH=0 sends every call through the autotuner and the JIT instead (to compare)
+DIRECT_LAUNCH = os.environ.get("LRNN_SRU_DIRECT_LAUNCH", "1") != "0"
 
 
 @triton.jit
@@ -113,7 +118,7 @@ def _load_step(U, X, row, col, DD, valid, scale_x, K: tl.constexpr):
     return u0, u1, u2, xp
 
 
-@triton.autotune(configs=_configs(), key=[*_KEY, "SAVE_C"])
+@triton.autotune(configs=_configs(), key=[*_KEY, "SAVE_C"], cache_results=True)
 @triton.jit
 def _sru_forward_kernel(U, X, WC, BIAS, C0, MASK_C, MASK_PAD, H, C_SEQ, C_LAST, scale_x, L, B, D, DIRS,
                         HAS_MASK_C, K: tl.constexpr, HAS_PAD: tl.constexpr, USE_TANH: tl.constexpr,
@@ -144,7 +149,7 @@ def _sru_forward_kernel(U, X, WC, BIAS, C0, MASK_C, MASK_PAD, H, C_SEQ, C_LAST, 
     tl.store(C_LAST + state, c.to(C_LAST.dtype.element_ty), mask=valid)
 
 
-@triton.autotune(configs=_configs(), key=_KEY)
+@triton.autotune(configs=_configs(), key=_KEY, cache_results=True)
 @triton.jit
 def _sru_backward_kernel(U, X, WC, BIAS, C0, MASK_C, MASK_PAD, C_SEQ, GRAD_H, GRAD_C_LAST,
                          GRAD_U, GRAD_X, GRAD_C0, GRAD_PARAMS, scale_x, L, B, D, DIRS, HAS_MASK_C,
@@ -252,7 +257,7 @@ class _Launcher:
         self.compiled.clear()
 
     def __call__(self, B: int, dirs: int, D: int, args: tuple, constexprs: tuple) -> None:
-        if _INTERPRET:
+        if _INTERPRET or not DIRECT_LAUNCH:
             self.kernel[_grid(B, dirs, D)](*args, **dict(constexprs))
             return
         device = _driver.active.get_current_device()
