@@ -205,6 +205,15 @@ def host_costs(L: int, B: int, d: int, device: str, dtype: torch.dtype, impls: d
             ops[name] = count(fn)
         except Exception as e:  # noqa: BLE001 - report, do not fail the other measurements
             us[name] = f"{type(e).__name__}: {e}"[:300]
+    if "layer_triton" in calls:
+        # the same layer with every launch through triton.autotune and the JIT (no direct launch)
+        import triton_kernels.sru as kernels
+
+        kernels.DIRECT_LAUNCH = False
+        try:
+            us["layer_triton_autotuner_launch"] = round(host_time_us(calls["layer_triton"], device), 1)
+        finally:
+            kernels.DIRECT_LAUNCH = True
     return us, ops
 
 
