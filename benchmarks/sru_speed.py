@@ -82,7 +82,7 @@ def reference_sru(d: int, device: str):
     try:
         import sru  # compiles its extensions at import
     except Exception as e:  # noqa: BLE001 - report, do not fail the other measurements
-        return None, f"import failed: {e!r}"[:300]
+        return None, f"import failed: {type(e).__name__}: {e}"[:1000]
     return sru.SRU(d, d, num_layers=1).to(device), None
 
 
