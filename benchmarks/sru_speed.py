@@ -1,32 +1,50 @@
-"""Forward+backward time of one SRU layer against the reference package and the LSTM.
+"""Forward+backward time of one SRU layer against the reference package and the LSTM, and the host
+time each call costs.
 
     python benchmarks/sru_speed.py [--shapes 32,32,256 128,32,512 256,64,1024] [--repeats N]
+                                   [--dtypes fp32 bf16] [--quick]
 
-Implementations timed on the device at hand (same shapes, fp32, one layer, input size = hidden):
+Implementations timed on the device at hand (same shapes, one layer, input size = hidden):
   ours_triton   lrnn_lightning SRU, Triton kernels           (CUDA only)
   ours_torch    lrnn_lightning SRU, PyTorch path             (CPU and CUDA)
-  sru_package   sru 2.6.0: its CUDA kernel on a GPU, its CPU training path (a per-step loop) on CPU
+  sru_package   sru 2.6.0: its CUDA kernel on a GPU (or the text of its build error: it does not build
+                with torch 2.11+), its CPU training path (a per-step loop) on CPU
   lstm          torch.nn.LSTM (cuDNN on a GPU)
 On a GPU, in fp32 and bf16 (``--dtypes``), timed with ``triton.testing.do_bench`` (CUDA events, the
 L2 cache flushed before every repetition, so small shapes are not served from the 50 MB L2), it also
 measures the recurrence kernels alone: bytes they must move / time, for the forward without
 gradient (read U and x, write h), the training forward (also write the fp32 states) and the backward,
 against the device's copy bandwidth (a 1 GiB device-to-device copy, read + write bytes).
-Writes benchmarks/results/sru_speed_<cpu|gpu>.json and .png. Never times inside tests.
+
+Host time per call (``host_us``): what one forward+backward costs the CPU thread that issues it.
+On a GPU, the stream is first held by a sleep kernel, so the calls only queue their launches and
+the wall time of N calls / N is the host's alone (no synchronization inside, none waited for).
+On a CPU (no GPU to launch on), the Triton path runs with its kernel launches replaced by no-ops
+(TRITON_INTERPRET=1 so that the kernels module loads), at a tiny shape: our Python, the tensor ops
+and autograd, without Triton's own launcher. ``aten_ops`` counts the tensor ops a call dispatches
+(the same on any device). ``--quick``: one tiny shape, few repeats, written to
+``sru_speed_<cpu|gpu>_quick.json`` (a smoke run; the full run writes ``sru_speed_<cpu|gpu>.json``).
+Never times inside tests.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import time
 
 import torch
-from common import write_result
 
-from lrnn_lightning.modules.sru import SRU
+if not torch.cuda.is_available():
+    # on CPU the Triton path's host time is measured with its launches replaced (see host_overhead_cpu);
+    # the kernels module must load for that, which it does interpreted
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
+from common import write_result  # noqa: E402
+
+from lrnn_lightning.modules.sru import SRU  # noqa: E402
 
 def sync(device: str) -> None:
     if device == "cuda":
@@ -64,7 +82,7 @@ def reference_sru(d: int, device: str):
     try:
         import sru  # compiles its extensions at import
     except Exception as e:  # noqa: BLE001 - report, do not fail the other measurements
-        return None, f"import failed: {e!r}"[:300]
+        return None, f"import failed: {type(e).__name__}: {e}"[:1000]
     return sru.SRU(d, d, num_layers=1).to(device), None
 
 
@@ -112,6 +130,124 @@ def recurrence_bandwidth(L: int, B: int, d: int, dtype: torch.dtype, copy_gbs: f
     return out
 
 
+class _CountOps:
+    """The aten ops a call dispatches (below autograd), counted by a dispatch mode."""
+
+    def __init__(self):
+        from torch.utils._python_dispatch import TorchDispatchMode
+
+        counter = self
+
+        class Mode(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                counter.n += 1
+                return func(*args, **(kwargs or {}))
+
+        self.n = 0
+        self.mode = Mode()
+
+    def __call__(self, fn) -> int:
+        self.n = 0
+        with self.mode:
+            fn()
+        return self.n
+
+
+def host_time_us(fn, device: str, calls: int = 20, rounds: int = 5) -> float:
+    """Median host microseconds per call of ``fn``. On CUDA the stream is held by a sleep kernel
+    while the calls are issued, so the host never waits for the GPU: the time is the host's alone."""
+    for _ in range(5):
+        fn()
+    sync(device)
+    times = []
+    for _ in range(rounds):
+        if device == "cuda":
+            torch.cuda._sleep(int(2e8))  # ~0.1 s of GPU clock: longer than the calls take to issue
+        start = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        times.append((time.perf_counter() - start) / calls * 1e6)
+        sync(device)
+    return statistics.median(times)
+
+
+def recurrence_call(L: int, B: int, d: int, device: str, dtype: torch.dtype):
+    """One training call of the recurrence alone (planar U, as the module calls it): forward + backward."""
+    from triton_kernels.sru import sru_recurrence_triton
+
+    U = torch.randn(L, B, 3, d, device=device, dtype=dtype, requires_grad=True)
+    x = torch.randn(L, B, d, device=device, dtype=dtype, requires_grad=True)
+    wc = torch.randn(2 * d, device=device, requires_grad=True)
+    bias = torch.zeros(2 * d, device=device, requires_grad=True)
+    grad_h = torch.randn(L, B, d, device=device, dtype=dtype)
+
+    def call():
+        h, _ = sru_recurrence_triton(U, x, wc, bias, None, d, planar=True)
+        torch.autograd.grad(h, [U, x, wc, bias], grad_h)
+    return call
+
+
+def host_costs(L: int, B: int, d: int, device: str, dtype: torch.dtype, impls: dict) -> tuple[dict, dict]:
+    """Host microseconds and aten ops per forward+backward call: the Triton layer, the recurrence
+    alone, and the other implementations for comparison."""
+    calls = {}
+    if "ours_triton" in impls:
+        calls["layer_triton"] = fwd_bwd(impls["ours_triton"], torch.randn(L, B, d, device=device, dtype=dtype,
+                                                                           requires_grad=True))
+        calls["recurrence_triton"] = recurrence_call(L, B, d, device, dtype)
+    for name in ("ours_torch", "lstm"):
+        calls[name] = fwd_bwd(impls[name], torch.randn(L, B, d, device=device, dtype=dtype, requires_grad=True))
+    count = _CountOps()
+    us, ops = {}, {}
+    for name, fn in calls.items():
+        try:
+            us[name] = round(host_time_us(fn, device), 1)
+            ops[name] = count(fn)
+        except Exception as e:  # noqa: BLE001 - report, do not fail the other measurements
+            us[name] = f"{type(e).__name__}: {e}"[:300]
+    if "layer_triton" in calls:
+        # the same layer with every launch through triton.autotune and the JIT (no direct launch)
+        import triton_kernels.sru as kernels
+
+        kernels.DIRECT_LAUNCH = False
+        try:
+            us["layer_triton_autotuner_launch"] = round(host_time_us(calls["layer_triton"], device), 1)
+        finally:
+            kernels.DIRECT_LAUNCH = True
+    return us, ops
+
+
+class _NoLaunch:
+    """Stands for an autotuned kernel: ``kernel[grid](*args)`` returns at once."""
+
+    def __getitem__(self, grid):
+        return lambda *args, **kwargs: None
+
+
+def host_overhead_cpu(L: int = 4, B: int = 2, d: int = 32) -> dict:
+    """The Triton path's host cost without a GPU: the kernel launches replaced by no-ops, a tiny shape
+    (compute negligible), one thread. Our Python, the tensor ops and autograd; not Triton's launcher."""
+    import triton_kernels.sru as kernels
+
+    saved = kernels._FORWARD.kernel, kernels._BACKWARD.kernel
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        kernels._FORWARD.kernel = kernels._BACKWARD.kernel = _NoLaunch()
+        layer = SRU(d, d, num_layers=1, backend="triton")
+        calls = {"layer_triton": fwd_bwd(layer, torch.randn(L, B, d, requires_grad=True)),
+                 "recurrence_triton": recurrence_call(L, B, d, "cpu", torch.float32)}
+        count = _CountOps()
+        out = {"shape": [L, B, d], "launches": "replaced by no-ops", "us_per_call": {}, "aten_ops": {}}
+        for name, fn in calls.items():
+            out["us_per_call"][name] = round(host_time_us(fn, "cpu", calls=200, rounds=7), 1)
+            out["aten_ops"][name] = count(fn)
+        return out
+    finally:
+        kernels._FORWARD.kernel, kernels._BACKWARD.kernel = saved
+        torch.set_num_threads(threads)
+
+
 def device_facts() -> dict:
     import subprocess
 
@@ -126,16 +262,18 @@ def device_facts() -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--shapes", nargs="+", default=["32,32,256", "128,32,512", "256,64,1024"])
+    ap.add_argument("--shapes", nargs="+", default=None, help="L,B,d ... (default 32,32,256 128,32,512 256,64,1024)")
     ap.add_argument("--repeats", type=int, default=None)
     ap.add_argument("--dtypes", nargs="+", default=None, help="fp32 bf16 (GPU default: both; CPU: fp32)")
+    ap.add_argument("--quick", action="store_true", help="one tiny shape, few repeats: a smoke run")
     args = ap.parse_args()
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    repeats = args.repeats or (50 if device == "cuda" else 5)
+    shapes = args.shapes or (["16,4,64"] if args.quick else ["32,32,256", "128,32,512", "256,64,1024"])
+    repeats = args.repeats or (3 if args.quick else 50 if device == "cuda" else 5)
     dtypes = args.dtypes or (["fp32", "bf16"] if device == "cuda" else ["fp32"])
     copy_gbs = copy_bandwidth(repeats) if device == "cuda" else None
     results = []
-    for shape, dtype_name in [(s, t) for t in dtypes for s in args.shapes]:
+    for shape, dtype_name in [(s, t) for t in dtypes for s in shapes]:
         dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype_name]
         L, B, d = (int(v) for v in shape.split(","))
         torch.manual_seed(0)
@@ -156,17 +294,24 @@ def main() -> None:
             try:
                 row["ms"][name] = round(time_fn(fwd_bwd(module, x), device, repeats), 3)
             except Exception as e:  # noqa: BLE001 - e.g. the sru package's CUDA kernel failing to build
-                row[f"{name}_error"] = repr(e)[:300]
+                row[f"{name}_error"] = f"{type(e).__name__}: {e}"[:1000]
                 continue
-            print(shape, name, row["ms"][name], "ms", flush=True)
-        ours = row["ms"].get("ours_triton", row["ms"]["ours_torch"])
-        row["speedup_vs_lstm"] = round(row["ms"]["lstm"] / ours, 2)
-        if "sru_package" in row["ms"]:
+            print(shape, dtype_name, name, row["ms"][name], "ms", flush=True)
+        if "ours_triton" in impls:
+            assert impls["ours_triton"].layers[0].last_backend == "triton"
+        ours = row["ms"].get("ours_triton", row["ms"].get("ours_torch"))
+        if ours and "lstm" in row["ms"]:
+            row["speedup_vs_lstm"] = round(row["ms"]["lstm"] / ours, 2)
+        if ours and "sru_package" in row["ms"]:
             row["speedup_vs_sru_package"] = round(row["ms"]["sru_package"] / ours, 2)
         if device == "cuda":
             row["recurrence"] = recurrence_bandwidth(L, B, d, dtype, copy_gbs, repeats)
-            print(shape, dtype_name, row["recurrence"], flush=True)
+            row["host_us"], row["aten_ops"] = host_costs(L, B, d, device, dtype, impls)
+            print(shape, dtype_name, row["recurrence"], "host us:", row["host_us"], flush=True)
         results.append(row)
+    host_cpu = host_overhead_cpu() if device == "cpu" else None
+    if host_cpu:
+        print("host overhead (CPU, launches replaced):", host_cpu, flush=True)
 
     def plot(plt):
         fig, ax = plt.subplots(figsize=(7, 4))
@@ -196,10 +341,13 @@ def main() -> None:
         versions["sru"] = version("sru")
     except Exception:  # noqa: BLE001
         pass
-    write_result(f"sru_speed_{'gpu' if device == 'cuda' else 'cpu'}",
+    name = f"sru_speed_{'gpu' if device == 'cuda' else 'cpu'}" + ("_quick" if args.quick else "")
+    write_result(name,
                  {"device": device_facts() if device == "cuda" else "cpu", "repeats": repeats,
                   "timing": "triton.testing.do_bench, L2 flushed, median" if device == "cuda" else "host clock, median",
-                  "copy_GBps": round(copy_gbs, 1) if copy_gbs else None,
+                  "host_timing": ("stream held by a sleep kernel, wall time of 20 calls / 20, median of 5"
+                                  if device == "cuda" else None),
+                  "copy_GBps": round(copy_gbs, 1) if copy_gbs else None, "host_overhead_cpu": host_cpu,
                   "extra_versions": versions, "results": results}, plot)
 
 

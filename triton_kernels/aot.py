@@ -45,11 +45,13 @@ class Variant:
     dirs: int = 2  # 1: the JIT turns DIRS into the constant 1
     d_div16: bool = True  # the hidden size is a multiple of 16 (divisibility specialization)
     seq_len_one: bool = False  # L == 1 becomes a constant
+    has_c0: bool = True  # False: a zero initial state (the kernels allocate and read no c0, nor its gradient)
 
     @property
     def name(self) -> str:
         flags = "".join(c for c, on in (("p", self.has_pad), ("t", self.use_tanh), ("s", self.save_c)) if on)
-        extra = f"-dirs{self.dirs}" + ("" if self.d_div16 else "-dodd") + ("-L1" if self.seq_len_one else "")
+        extra = (f"-dirs{self.dirs}" + ("" if self.d_div16 else "-dodd") + ("-L1" if self.seq_len_one else "")
+                 + ("" if self.has_c0 else "-noc0"))
         return (f"{self.kernel}-K{self.K}-{self.u_dtype}-x{self.x_dtype}-{flags or '0'}"
                 f"-b{self.block}w{self.num_warps}s{self.stages}{extra}")
 
@@ -72,7 +74,7 @@ def variants(all_configs: bool = False) -> list[Variant]:
             for cfg in CONFIGS[1:]:
                 for u in ("fp32", "bf16"):
                     out.append(Variant(kernel, u, u, 3, True, False, True, *cfg))
-        for spec in ({"dirs": 1}, {"d_div16": False}, {"seq_len_one": True}):
+        for spec in ({"dirs": 1}, {"d_div16": False}, {"seq_len_one": True}, {"has_c0": False}):
             out.append(Variant(kernel, "fp32", "fp32", 3, True, False, True, *first, **spec))
     return out
 
@@ -80,18 +82,23 @@ def variants(all_configs: bool = False) -> list[Variant]:
 def _signature(v: Variant) -> tuple[dict, dict]:
     """The argument types and the constexpr values of variant ``v``."""
     u, x = f"*{v.u_dtype}", f"*{v.x_dtype}"
+    # parameters, state and dropout mask: the layer's dtype (fp32 under autocast, bf16 U with an fp32 x)
+    p = x
     types = {
-        "U": u, "X": x, "WC": "*fp32", "BIAS": "*fp32", "C0": "*fp32", "MASK_C": "*fp32",
-        "MASK_PAD": "*i8" if v.has_pad else "*fp32", "scale_x": "fp32", "L": "i32", "B": "i32", "D": "i32",
+        "U": u, "X": x, "WC": p, "BIAS": p, "C0": p, "MASK_C": p,
+        "MASK_PAD": "*i8" if v.has_pad else p, "scale_x": "fp32", "L": "i32", "B": "i32", "D": "i32",
         "DIRS": "i32", "HAS_MASK_C": "i1",
         # forward
-        "H": u, "C_SEQ": "*fp32" if v.save_c else u, "C_LAST": "*fp32",
+        "H": u, "C_SEQ": "*fp32" if v.save_c else u, "C_LAST": p,
         # backward
-        "GRAD_H": u, "GRAD_C_LAST": "*fp32", "GRAD_U": u, "GRAD_X": x, "GRAD_C0": "*fp32", "GRAD_PARAMS": "*fp32",
+        "GRAD_H": u, "GRAD_C_LAST": p, "GRAD_U": u, "GRAD_X": x, "GRAD_C0": p, "GRAD_PARAMS": "*fp32",
     }
-    constants = {"K": v.K, "HAS_PAD": v.has_pad, "USE_TANH": v.use_tanh, "BLOCK": v.block, "STAGES": v.stages}
+    constants = {"K": v.K, "HAS_PAD": v.has_pad, "USE_TANH": v.use_tanh, "HAS_C0": v.has_c0, "BLOCK": v.block,
+                 "STAGES": v.stages}
     if v.kernel == "forward":
         constants["SAVE_C"] = v.save_c
+    else:
+        constants["HAS_GRAD_C"] = v.has_c0  # the carried state: given and its gradient used, or neither
     if v.dirs == 1:
         constants["DIRS"] = 1
     if v.seq_len_one:

@@ -21,6 +21,20 @@ Nothing is saved and no ``c`` sequence is written when no gradient will be taken
 inference, generation). Autotuning is keyed on the problem's width, not on its length ``L``, so the
 short last BPTT window or evaluation does not re-benchmark every config.
 
+Host path (a layer call is otherwise bound by the CPU that issues it, not by the GPU): the parameters,
+c0 and the dropout mask are read in their own dtype and converted in the kernels (no conversion op),
+a zero initial state and a last state without gradient cost no buffer (``HAS_C0``, ``HAS_GRAD_C``),
+and after the first call of a problem (autotuning, compilation) the compiled kernel is launched
+directly (``_Launcher``). Under ``torch.compile`` the launches are custom ops (no graph break,
+CUDA-graph capturable); ``retain_graph`` backwards repeat; a double backward takes the reference's
+differentiable gradients (``_reference_gradients``).
+
+Not done: a chunked parallel scan over time for the 2017 form (``v = 0``, where ``c_t`` is a linear
+recurrence with input-only coefficients). The kernels already run ``B x dirs x D`` independent lanes;
+a scan only pays when those are too few to cover the GPU's memory latency (small batch, long
+sequences), and it costs an extra pass over the gates and carries. Whether it wins, and from which
+shape, is a GPU measurement (``benchmarks/sru_speed.py``) not made yet: no unmeasured complexity.
+
 Maths: ``naive.sru_recurrence_naive``.
 """
 
@@ -46,8 +60,13 @@ def _configs() -> list:
     return [triton.Config({"BLOCK": b, "STAGES": s}, num_warps=w) for b, w, s in CONFIGS]
 
 
-# key: the lane geometry and the variant; not L (every sequence length would re-tune)
+# key: the lane geometry and the variant; not L (every sequence length would re-tune). The choice is
+# also kept on disk (``cache_results``, Triton's cache folder): a new process does not re-benchmark
 _KEY = ["B", "D", "DIRS", "K", "HAS_PAD", "USE_TANH"]
+
+# after the first call of a problem, launch its compiled kernel directly (``_Launcher``);
+# LRNN_SRU_DIRECT_LAUNCH=0 sends every call through the autotuner and the JIT instead (to compare)
+DIRECT_LAUNCH = os.environ.get("LRNN_SRU_DIRECT_LAUNCH", "1") != "0"
 
 
 @triton.jit
@@ -61,24 +80,27 @@ def _tanh(x):
 
 
 @triton.jit
-def _lanes(WC, BIAS, C0, MASK_C, B, D, DIRS, HAS_MASK_C, BLOCK: tl.constexpr):
+def _lanes(WC, BIAS, C0, MASK_C, B, D, DIRS, HAS_MASK_C, HAS_C0: tl.constexpr, BLOCK: tl.constexpr):
     """This program's batch row, direction, lanes (columns of a [B, DIRS * D] state) and their
-    fp32 v_f, v_r, b_f, b_r, dropout keep factor and initial state."""
+    v_f, v_r, b_f, b_r, dropout keep factor and initial state, in fp32 whatever their dtype."""
     b = tl.program_id(0)
     direction = tl.program_id(1)
     unit = tl.program_id(2) * BLOCK + tl.arange(0, BLOCK)
     valid = unit < D
     col = direction * D + unit
     DD = DIRS * D
-    v_f = tl.load(WC + col, mask=valid, other=0.0)
-    v_r = tl.load(WC + DD + col, mask=valid, other=0.0)
-    b_f = tl.load(BIAS + col, mask=valid, other=0.0)
-    b_r = tl.load(BIAS + DD + col, mask=valid, other=0.0)
+    # the parameters, dropout mask and initial state in whatever dtype they come: converted here
+    v_f = tl.load(WC + col, mask=valid, other=0.0).to(tl.float32)
+    v_r = tl.load(WC + DD + col, mask=valid, other=0.0).to(tl.float32)
+    b_f = tl.load(BIAS + col, mask=valid, other=0.0).to(tl.float32)
+    b_r = tl.load(BIAS + DD + col, mask=valid, other=0.0).to(tl.float32)
     state = b.to(tl.int64) * DD + col
     keep = tl.full([BLOCK], 1.0, tl.float32)
     if HAS_MASK_C:
-        keep = tl.load(MASK_C + state, mask=valid, other=0.0)
-    c0 = tl.load(C0 + state, mask=valid, other=0.0)
+        keep = tl.load(MASK_C + state, mask=valid, other=0.0).to(tl.float32)
+    c0 = tl.zeros([BLOCK], dtype=tl.float32)
+    if HAS_C0:  # else a zero initial state, never allocated
+        c0 = tl.load(C0 + state, mask=valid, other=0.0).to(tl.float32)
     return b, direction, col, valid, DD, v_f, v_r, b_f, b_r, keep, state, c0
 
 
@@ -96,13 +118,13 @@ def _load_step(U, X, row, col, DD, valid, scale_x, K: tl.constexpr):
     return u0, u1, u2, xp
 
 
-@triton.autotune(configs=_configs(), key=[*_KEY, "SAVE_C"])
+@triton.autotune(configs=_configs(), key=[*_KEY, "SAVE_C"], cache_results=True)
 @triton.jit
 def _sru_forward_kernel(U, X, WC, BIAS, C0, MASK_C, MASK_PAD, H, C_SEQ, C_LAST, scale_x, L, B, D, DIRS,
                         HAS_MASK_C, K: tl.constexpr, HAS_PAD: tl.constexpr, USE_TANH: tl.constexpr,
-                        SAVE_C: tl.constexpr, BLOCK: tl.constexpr, STAGES: tl.constexpr):
+                        SAVE_C: tl.constexpr, HAS_C0: tl.constexpr, BLOCK: tl.constexpr, STAGES: tl.constexpr):
     b, direction, col, valid, DD, v_f, v_r, b_f, b_r, keep, state, c = _lanes(
-        WC, BIAS, C0, MASK_C, B, D, DIRS, HAS_MASK_C, BLOCK)
+        WC, BIAS, C0, MASK_C, B, D, DIRS, HAS_MASK_C, HAS_C0, BLOCK)
     for i in tl.range(0, L, num_stages=STAGES):
         t = i + direction * (L - 1 - 2 * i)  # i forwards, L - 1 - i backwards
         row = t.to(tl.int64) * B + b
@@ -124,18 +146,20 @@ def _sru_forward_kernel(U, X, WC, BIAS, C0, MASK_C, MASK_PAD, H, C_SEQ, C_LAST, 
         if SAVE_C:
             tl.store(C_SEQ + row * DD + col, c_new, mask=valid)
         c = c_new
-    tl.store(C_LAST + state, c, mask=valid)
+    tl.store(C_LAST + state, c.to(C_LAST.dtype.element_ty), mask=valid)
 
 
-@triton.autotune(configs=_configs(), key=_KEY)
+@triton.autotune(configs=_configs(), key=_KEY, cache_results=True)
 @triton.jit
 def _sru_backward_kernel(U, X, WC, BIAS, C0, MASK_C, MASK_PAD, C_SEQ, GRAD_H, GRAD_C_LAST,
                          GRAD_U, GRAD_X, GRAD_C0, GRAD_PARAMS, scale_x, L, B, D, DIRS, HAS_MASK_C,
-                         K: tl.constexpr, HAS_PAD: tl.constexpr, USE_TANH: tl.constexpr,
-                         BLOCK: tl.constexpr, STAGES: tl.constexpr):
+                         K: tl.constexpr, HAS_PAD: tl.constexpr, USE_TANH: tl.constexpr, HAS_C0: tl.constexpr,
+                         HAS_GRAD_C: tl.constexpr, BLOCK: tl.constexpr, STAGES: tl.constexpr):
     b, direction, col, valid, DD, v_f, v_r, b_f, b_r, keep, state, c0 = _lanes(
-        WC, BIAS, C0, MASK_C, B, D, DIRS, HAS_MASK_C, BLOCK)
-    carry = tl.load(GRAD_C_LAST + state, mask=valid, other=0.0)
+        WC, BIAS, C0, MASK_C, B, D, DIRS, HAS_MASK_C, HAS_C0, BLOCK)
+    carry = tl.zeros([BLOCK], dtype=tl.float32)
+    if HAS_GRAD_C:  # else no gradient reaches the last state (it was detached or unused)
+        carry = tl.load(GRAD_C_LAST + state, mask=valid, other=0.0).to(tl.float32)
     # the state after the direction's last step; each later iteration gets it from the one before
     last = (L - 1) * (1 - direction)
     c_t = tl.load(C_SEQ + (last.to(tl.int64) * B + b) * DD + col, mask=valid, other=0.0)
@@ -190,7 +214,8 @@ def _sru_backward_kernel(U, X, WC, BIAS, C0, MASK_C, MASK_PAD, C_SEQ, GRAD_H, GR
         acc_bf += g_f_pre
         acc_br += g_r_pre
         c_t = c_prev
-    tl.store(GRAD_C0 + state, carry, mask=valid)
+    if HAS_C0:
+        tl.store(GRAD_C0 + state, carry.to(GRAD_C0.dtype.element_ty), mask=valid)
     n = B * DD
     tl.store(GRAD_PARAMS + state, acc_vf, mask=valid)
     tl.store(GRAD_PARAMS + n + state, acc_vr, mask=valid)
@@ -201,6 +226,243 @@ def _sru_backward_kernel(U, X, WC, BIAS, C0, MASK_C, MASK_PAD, C_SEQ, GRAD_H, GR
 def _grid(B: int, dirs: int, D: int):
     return lambda meta: (B, dirs, triton.cdiv(D, meta["BLOCK"]))
 
+
+def launch_key(args) -> tuple:
+    """What decides the compiled kernel of a launch besides the constexprs: every integer and flag by
+    type and value (``True == 1``, yet Triton types them apart), each tensor's dtype and whether its
+    address is 16-byte aligned (Triton specializes pointers on that), floats by type only (Triton
+    never specializes them)."""
+    return tuple((a.dtype, a.data_ptr() % 16 == 0) if isinstance(a, torch.Tensor) else
+                 (float if isinstance(a, float) else (a.__class__, a)) for a in args)
+
+
+class _Launcher:
+    """One autotuned kernel, launched with as little host work per call as the launch allows.
+
+    The first call of a problem goes through ``triton.autotune`` (which benchmarks the configs once
+    per tuning key) and Triton's JIT (which compiles once per specialization). The compiled kernel,
+    its grid and its constexpr arguments are then kept under ``launch_key`` (which determines the
+    JIT's choice), and later calls launch it directly: no autotuner dispatch, no argument binding,
+    no cache-key hashing. Interpreted (TRITON_INTERPRET=1) every call takes the autotuner's path.
+    """
+
+    MAX_ENTRIES = 1024  # distinct (L, B, D, flags, dtypes): a bound, never reached in practice
+
+    def __init__(self, kernel):
+        self.kernel = kernel
+        self.compiled: dict = {}
+
+    def clear(self) -> None:
+        """Forget the compiled kernels (after changing the autotuner's configs or its cache)."""
+        self.compiled.clear()
+
+    def __call__(self, B: int, dirs: int, D: int, args: tuple, constexprs: tuple) -> None:
+        if _INTERPRET or not DIRECT_LAUNCH:
+            self.kernel[_grid(B, dirs, D)](*args, **dict(constexprs))
+            return
+        device = _driver.active.get_current_device()
+        key = (device, constexprs, launch_key(args))
+        hit = self.compiled.get(key)
+        if hit is None:
+            compiled = self.kernel[_grid(B, dirs, D)](*args, **dict(constexprs))
+            config = self.kernel.best_config.kwargs
+            named = {**dict(constexprs), **config}
+            # the JIT passes every parameter, constexprs included (the launcher drops them)
+            tail = tuple(named[name] for name in self.kernel.arg_names[len(args):])
+            if len(self.compiled) >= self.MAX_ENTRIES:
+                self.compiled.clear()
+            self.compiled[key] = (compiled, (B, dirs, triton.cdiv(D, config["BLOCK"])), tail)
+            return
+        compiled, grid, tail = hit
+        stream = _driver.active.get_current_stream(device)
+        full = (*args, *tail)
+        enter = _knobs.runtime.launch_enter_hook
+        # the launch's metadata is only read by launch hooks (a profiler): not built when none is set
+        meta = compiled.launch_metadata(grid, stream, *full) if getattr(enter, "calls", True) else None
+        compiled.run(grid[0], grid[1], grid[2], stream, compiled.function, compiled.packed_metadata, meta, enter,
+                     _knobs.runtime.launch_exit_hook, *full)
+
+
+_driver = triton.runtime.driver
+_knobs = triton.knobs
+_FORWARD = _Launcher(_sru_forward_kernel)
+_BACKWARD = _Launcher(_sru_backward_kernel)
+
+
+def clear_launch_cache() -> None:
+    """Forget the kernels compiled for direct launch (the autotuner's own cache is ``kernel.cache``)."""
+    _FORWARD.clear()
+    _BACKWARD.clear()
+
+
+def _forward(U, x, weight_c, bias, c0, mask_c, pad, D: int, dirs: int, scale_x: float, use_tanh: bool,
+             save_c: bool):
+    """h (U's dtype), the fp32 states (``None`` unless ``save_c``) and the last state (c0's dtype, or the
+    parameters' when ``c0`` is None: a zero initial state). Inputs contiguous; ``pad`` int8; ``x`` None
+    when U holds the highway plane (K = 4)."""
+    L, B, K = U.shape[0], U.shape[1], U.shape[2]
+    DD = dirs * D
+    h = torch.empty((L, B, DD), dtype=U.dtype, device=U.device)
+    c_seq = torch.empty((L, B, DD), dtype=torch.float32, device=U.device) if save_c else None
+    c_last = torch.empty((B, DD), dtype=weight_c.dtype if c0 is None else c0.dtype, device=U.device)
+    _FORWARD(B, dirs, D,
+             (U, U if x is None else x, weight_c, bias, c_last if c0 is None else c0,
+              c_last if mask_c is None else mask_c, c_last if pad is None else pad, h,
+              h if c_seq is None else c_seq, c_last, scale_x, L, B, D, dirs, mask_c is not None),
+             (("K", K), ("HAS_PAD", pad is not None), ("USE_TANH", use_tanh), ("SAVE_C", save_c),
+              ("HAS_C0", c0 is not None)))
+    return h, c_seq, c_last
+
+
+def _backward(U, x, weight_c, bias, c0, mask_c, pad, c_seq, grad_h, grad_c_last, D: int, dirs: int,
+              scale_x: float, use_tanh: bool):
+    """dU, dx (None when K = 4), dc0 (c0's dtype; None without c0) and the fp32 sums [4, dirs * D]:
+    dv_f, dv_r, db_f, db_r. ``grad_h`` contiguous, any float dtype; ``grad_c_last`` too, or None (zero)."""
+    L, B, K = U.shape[0], U.shape[1], U.shape[2]
+    DD = dirs * D
+    grad_U = torch.empty_like(U)
+    grad_x = None if x is None else torch.empty_like(x)
+    grad_c0 = None if c0 is None else torch.empty_like(c0)
+    partial = torch.empty((4, B, DD), dtype=torch.float32, device=U.device)  # per batch row
+    _BACKWARD(B, dirs, D,
+              (U, U if x is None else x, weight_c, bias, partial if c0 is None else c0,
+               partial if mask_c is None else mask_c, partial if pad is None else pad, c_seq, grad_h,
+               partial if grad_c_last is None else grad_c_last, grad_U, grad_U if grad_x is None else grad_x,
+               partial if grad_c0 is None else grad_c0, partial, scale_x, L, B, D, dirs, mask_c is not None),
+              (("K", K), ("HAS_PAD", pad is not None), ("USE_TANH", use_tanh), ("HAS_C0", c0 is not None),
+               ("HAS_GRAD_C", grad_c_last is not None)))
+    return grad_U, grad_x, grad_c0, partial.sum(1)
+
+
+def _output_grads(U, grad_h, grad_c_last, dirs: int, D: int):
+    """The output gradients as the backward kernel reads them: contiguous; zeros for a missing dh, and
+    a missing dc stays None (the kernel starts from zero)."""
+    if grad_h is None:
+        grad_h = torch.zeros((U.shape[0], U.shape[1], dirs * D), dtype=U.dtype, device=U.device)
+    elif not grad_h.is_contiguous():
+        grad_h = grad_h.contiguous()
+    if grad_c_last is not None and not grad_c_last.is_contiguous():
+        grad_c_last = grad_c_last.contiguous()
+    return grad_h, grad_c_last
+
+
+def _reference_gradients(saved, meta, grad_h, grad_c_last, needs):
+    """Double backward (``create_graph=True``): the backward kernel is not itself differentiable, so
+    these gradients are those of the plain PyTorch reference (``naive``), recomputed with a graph.
+    Slow (a Python loop over time), and only taken when a graph of the gradients is asked for."""
+    from triton_kernels.naive import sru_recurrence_naive
+
+    U, x, weight_c, bias, c0, mask_c, pad = saved
+    D, dirs, scale_x, use_tanh = meta
+    wrt = [t for t, need in zip((U, x, weight_c, bias, c0), needs) if need]
+    if (grad_h is None and grad_c_last is None) or not wrt:
+        return [None] * 5
+    zero_c0 = U.new_zeros((U.shape[1], dirs * D), dtype=weight_c.dtype) if c0 is None else c0
+    h, c = sru_recurrence_naive(from_planar(U), x, weight_c, bias, zero_c0, D, dirs == 2, scale_x, mask_c, pad,
+                                use_tanh)
+    outs, grads = zip(*[(o, g) for o, g in ((h, grad_h), (c, grad_c_last)) if g is not None])
+    got = iter(torch.autograd.grad(outs, wrt, grads, create_graph=True, allow_unused=True))
+    return [next(got) if need else None for need in needs[:5]]
+
+
+class SRURecurrenceTriton(torch.autograd.Function):
+    """Planar U in, planar dU out. Saves its inputs (U, x when it is the highway term, v, b, c0, masks)
+    and the fp32 states c; a backward may run several times (``retain_graph=True``). Under
+    ``create_graph=True`` the gradients come from the differentiable reference (``naive``)."""
+
+    @staticmethod
+    def forward(ctx, U, x, weight_c, bias, c0, mask_c, pad, hidden_size, dirs, scale_x, use_tanh):
+        h, c_seq, c_last = _forward(U, x, weight_c, bias, c0, mask_c, pad, hidden_size, dirs, scale_x, use_tanh,
+                                    save_c=True)
+        ctx.save_for_backward(U, x, weight_c, bias, c0, mask_c, pad, c_seq)
+        ctx.meta = (hidden_size, dirs, scale_x, use_tanh)
+        ctx.set_materialize_grads(False)  # a missing dc stays None: no zeros written
+        return h, c_last
+
+    @staticmethod
+    def backward(ctx, grad_h, grad_c_last):
+        U, x, weight_c, bias, c0, mask_c, pad, c_seq = ctx.saved_tensors
+        need = ctx.needs_input_grad
+        if torch.is_grad_enabled():
+            grads = _reference_gradients((U, x, weight_c, bias, c0, mask_c, pad), ctx.meta, grad_h, grad_c_last,
+                                         need)
+            return (*grads, None, None, None, None, None, None)
+        D, dirs, scale_x, use_tanh = ctx.meta
+        grad_h, grad_c_last = _output_grads(U, grad_h, grad_c_last, dirs, D)
+        grad_U, grad_x, grad_c0, sums = _backward(U, x, weight_c, bias, c0, mask_c, pad, c_seq, grad_h, grad_c_last,
+                                                  D, dirs, scale_x, use_tanh)
+        grad_wc, grad_bias = sums.view(2, -1).unbind(0)  # (dv_f, dv_r), (db_f, db_r): one op, two views
+        grad_wc = grad_wc.to(weight_c.dtype) if need[2] else None
+        grad_bias = grad_bias.to(bias.dtype) if need[3] else None
+        return (grad_U if need[0] else None, grad_x if need[1] else None, grad_wc, grad_bias,
+                grad_c0 if need[4] else None, None, None, None, None, None, None)
+
+
+# ---- torch.compile: the same launches as custom operators ----------------------------------------
+# Under torch.compile the recurrence is two custom ops with fake (shape) implementations and an
+# autograd formula, so the layer compiles without a graph break and its graph can be captured by
+# CUDA graphs (no host sync, every allocation a plain empty). ``torch.library.triton_op`` would
+# also show the kernels to Inductor, but its fake implementation is the function itself, which the
+# Triton interpreter (the CPU tests) cannot run on fake tensors. Eager calls do not take this path:
+# a custom op costs ~35 us more per call on the host than the autograd Function (measured on CPU).
+
+@torch.library.custom_op("lrnn_sru::recurrence_forward", mutates_args=())
+def _op_forward(U: torch.Tensor, x: torch.Tensor | None, weight_c: torch.Tensor, bias: torch.Tensor,
+                c0: torch.Tensor | None, mask_c: torch.Tensor | None, pad: torch.Tensor | None, hidden_size: int,
+                dirs: int, scale_x: float, use_tanh: bool,
+                save_c: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    h, c_seq, c_last = _forward(U, x, weight_c, bias, c0, mask_c, pad, hidden_size, dirs, scale_x, use_tanh, save_c)
+    return h, c_last, (c_seq if save_c else U.new_empty(0, dtype=torch.float32))
+
+
+@_op_forward.register_fake
+def _(U, x, weight_c, bias, c0, mask_c, pad, hidden_size, dirs, scale_x, use_tanh, save_c):
+    L, B, DD = U.shape[0], U.shape[1], dirs * hidden_size
+    return (U.new_empty((L, B, DD)), U.new_empty((B, DD), dtype=weight_c.dtype if c0 is None else c0.dtype),
+            U.new_empty((L, B, DD) if save_c else (0,), dtype=torch.float32))
+
+
+@torch.library.custom_op("lrnn_sru::recurrence_backward", mutates_args=())
+def _op_backward(U: torch.Tensor, x: torch.Tensor | None, weight_c: torch.Tensor, bias: torch.Tensor,
+                 c0: torch.Tensor | None, mask_c: torch.Tensor | None, pad: torch.Tensor | None, c_seq: torch.Tensor,
+                 grad_h: torch.Tensor, grad_c_last: torch.Tensor | None, hidden_size: int, dirs: int, scale_x: float,
+                 use_tanh: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    grad_U, grad_x, grad_c0, sums = _backward(U, x, weight_c, bias, c0, mask_c, pad, c_seq, grad_h, grad_c_last,
+                                              hidden_size, dirs, scale_x, use_tanh)
+    return (grad_U, U.new_empty(0) if grad_x is None else grad_x, U.new_empty(0) if grad_c0 is None else grad_c0,
+            sums)
+
+
+@_op_backward.register_fake
+def _(U, x, weight_c, bias, c0, mask_c, pad, c_seq, grad_h, grad_c_last, hidden_size, dirs, scale_x, use_tanh):
+    return (torch.empty_like(U), U.new_empty(0) if x is None else torch.empty_like(x),
+            U.new_empty(0) if c0 is None else torch.empty_like(c0),
+            U.new_empty((4, dirs * hidden_size), dtype=torch.float32))
+
+
+def _op_setup(ctx, inputs, output):
+    U, x, weight_c, bias, c0, mask_c, pad, hidden_size, dirs, scale_x, use_tanh, save_c = inputs
+    ctx.save_for_backward(U, x, weight_c, bias, c0, mask_c, pad, output[2])
+    ctx.meta = (hidden_size, dirs, scale_x, use_tanh)
+
+
+def _op_gradients(ctx, grad_h, grad_c_last, _grad_c_seq):
+    U, x, weight_c, bias, c0, mask_c, pad, c_seq = ctx.saved_tensors
+    D, dirs, scale_x, use_tanh = ctx.meta
+    grad_h, grad_c_last = _output_grads(U, grad_h, grad_c_last, dirs, D)
+    grad_U, grad_x, grad_c0, sums = _op_backward(U, x, weight_c, bias, c0, mask_c, pad, c_seq, grad_h, grad_c_last,
+                                                 D, dirs, scale_x, use_tanh)
+    need = ctx.needs_input_grad
+    return (grad_U if need[0] else None, grad_x if x is not None and need[1] else None,
+            sums[:2].reshape(-1).to(weight_c.dtype) if need[2] else None,
+            sums[2:].reshape(-1).to(bias.dtype) if need[3] else None,
+            grad_c0 if c0 is not None and need[4] else None, None, None, None, None, None, None, None)
+
+
+_op_forward.register_autograd(_op_gradients, setup_context=_op_setup)
+
+
+# ---- the public entry ------------------------------------------------------------------------------
 
 def to_planar(U: torch.Tensor, dirs: int, D: int) -> torch.Tensor:
     """``U[L, B, dirs * D * K]`` (interleaved, the ``sru`` package's layout) -> ``[L, B, K, dirs * D]``."""
@@ -220,92 +482,35 @@ def planar_weight(weight: torch.Tensor, dirs: int, D: int) -> torch.Tensor:
     return weight.view(d_in, dirs * D, -1).transpose(1, 2).reshape(d_in, -1)
 
 
-class _Launch:
-    """The tensors of one call, converted once: planar U, fp32 parameters and states."""
-
-    def __init__(self, U, x, weight_c, bias, c0, D, dirs, scale_x, mask_c, mask_pad, use_tanh):
-        self.L, self.B = U.shape[0], U.shape[1]
-        self.D, self.dirs = D, dirs
-        self.K = U.shape[2]
-        self.U = U.contiguous()
-        self.x = x.contiguous() if self.K == 3 else None
-        self.weight_c = weight_c.detach().float().contiguous()
-        self.bias = bias.detach().float().contiguous()
-        self.c0 = c0.detach().float().contiguous()
-        self.mask_c = mask_c.detach().float().contiguous() if mask_c is not None else None
-        self.pad = mask_pad.to(torch.int8).contiguous() if mask_pad is not None else None
-        self.scale_x = float(scale_x)
-        self.use_tanh = bool(use_tanh)
-
-    def common(self):
-        dummy = self.c0
-        return (self.U, self.x if self.x is not None else self.U, self.weight_c, self.bias, self.c0,
-                self.mask_c if self.mask_c is not None else dummy, self.pad if self.pad is not None else dummy)
-
-    def forward(self, save_c: bool):
-        L, B, dirs, D = self.L, self.B, self.dirs, self.D
-        h = torch.empty(L, B, dirs * D, dtype=self.U.dtype, device=self.U.device)
-        c_seq = torch.empty(L, B, dirs * D, dtype=torch.float32, device=self.U.device) if save_c else h
-        c_last = torch.empty(B, dirs * D, dtype=torch.float32, device=self.U.device)
-        _sru_forward_kernel[_grid(B, dirs, D)](
-            *self.common(), h, c_seq, c_last, self.scale_x, L, B, D, dirs, self.mask_c is not None,
-            K=self.K, HAS_PAD=self.pad is not None, USE_TANH=self.use_tanh, SAVE_C=save_c)
-        return h, (c_seq if save_c else None), c_last
-
-    def backward(self, c_seq, grad_h, grad_c_last):
-        L, B, dirs, D = self.L, self.B, self.dirs, self.D
-        grad_U = torch.empty_like(self.U)
-        grad_x = torch.empty_like(self.x) if self.K == 3 else None
-        grad_c0 = torch.empty(B, dirs * D, dtype=torch.float32, device=self.U.device)
-        grad_params = torch.empty(4, B, dirs * D, dtype=torch.float32, device=self.U.device)
-        _sru_backward_kernel[_grid(B, dirs, D)](
-            *self.common(), c_seq, grad_h, grad_c_last, grad_U, grad_x if grad_x is not None else grad_U,
-            grad_c0, grad_params, self.scale_x, L, B, D, dirs, self.mask_c is not None,
-            K=self.K, HAS_PAD=self.pad is not None, USE_TANH=self.use_tanh)
-        return grad_U, grad_x, grad_c0, grad_params.sum(1)
+def _contiguous(t: torch.Tensor | None) -> torch.Tensor | None:
+    return t if t is None or t.is_contiguous() else t.contiguous()
 
 
-class SRURecurrenceTriton(torch.autograd.Function):
-    """Planar U in, planar dU out. Saves the launch (U, x when it is the highway term, fp32
-    parameters, c0 and masks) and the fp32 states c."""
-
-    @staticmethod
-    def forward(ctx, U, x, weight_c, bias, c0, hidden_size, dirs, scale_x, mask_c, mask_pad, use_tanh):
-        launch = _Launch(U, x, weight_c, bias, c0, hidden_size, dirs, scale_x, mask_c, mask_pad, use_tanh)
-        h, c_seq, c_last = launch.forward(save_c=True)
-        # U and x through save_for_backward (version-checked); the converted small tensors on ctx
-        ctx.save_for_backward(launch.U, launch.x, c_seq)
-        launch.U = launch.x = None
-        ctx.launch = launch
-        ctx.dtypes = (weight_c.dtype, bias.dtype, c0.dtype)
-        return h, c_last.to(c0.dtype)
-
-    @staticmethod
-    def backward(ctx, grad_h, grad_c_last):
-        launch = ctx.launch
-        launch.U, launch.x, c_seq = ctx.saved_tensors
-        L, B, dirs, D = launch.L, launch.B, launch.dirs, launch.D
-        if grad_h is None:
-            grad_h = torch.zeros(L, B, dirs * D, dtype=launch.U.dtype, device=launch.U.device)
-        grad_c_last = (torch.zeros_like(launch.c0) if grad_c_last is None
-                       else grad_c_last.float().contiguous())
-        grad_U, grad_x, grad_c0, sums = launch.backward(c_seq, grad_h.contiguous(), grad_c_last)
-        wc_dtype, bias_dtype, c0_dtype = ctx.dtypes
-        grad_wc = sums[:2].reshape(-1).to(wc_dtype) if ctx.needs_input_grad[2] else None
-        grad_bias = sums[2:].reshape(-1).to(bias_dtype) if ctx.needs_input_grad[3] else None
-        ctx.launch = None
-        return (grad_U, grad_x, grad_wc, grad_bias, grad_c0.to(c0_dtype), None, None, None, None, None, None)
+def pad_bytes(mask_pad: torch.Tensor | None) -> torch.Tensor | None:
+    """``mask_pad[L, B]`` as the kernels read it: int8, nonzero at padding (a bool mask is viewed, not copied)."""
+    if mask_pad is None:
+        return None
+    pad = mask_pad if mask_pad.dtype == torch.bool else mask_pad != 0
+    return _contiguous(pad).view(torch.int8)
 
 
 def sru_recurrence_triton(U: torch.Tensor, x: torch.Tensor | None, weight_c: torch.Tensor, bias: torch.Tensor,
-                          c0: torch.Tensor, hidden_size: int, bidirectional: bool = False, scale_x: float = 1.0,
-                          mask_c: torch.Tensor | None = None, mask_pad: torch.Tensor | None = None,
-                          use_tanh: bool = False, planar: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """Same arguments and results as ``naive.sru_recurrence_naive``; fp32/fp16/bf16 (U and x may
-    differ, e.g. bf16 U from autocast with an fp32 input), fp32 inside.
+                          c0: torch.Tensor | None, hidden_size: int, bidirectional: bool = False,
+                          scale_x: float = 1.0, mask_c: torch.Tensor | None = None,
+                          mask_pad: torch.Tensor | None = None, use_tanh: bool = False,
+                          planar: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Same arguments and results as ``naive.sru_recurrence_naive``; fp32/fp16/bf16 (U, x, the
+    parameters and c0 may differ, e.g. bf16 U from autocast with an fp32 input), fp32 inside; h comes
+    in U's dtype, the last state in c0's. ``c0=None`` is a zero initial state (nothing allocated; the
+    last state then comes in the parameters' dtype).
 
     ``planar=True``: U is ``[L, B, K, dirs * D]`` (``to_planar``; what ``SRULayer`` computes) and
     its gradient comes back in that layout; otherwise the interleaved ``[L, B, dirs * D * K]``.
+
+    Eager, one autograd Function launches the kernels (compiled kernels launched directly after the
+    first call, see ``_Launcher``); under ``torch.compile``, the custom ops ``lrnn_sru::*``.
+    ``retain_graph=True`` backwards run as often as asked; double backward (``create_graph=True``)
+    takes the differentiable reference's gradients (``_reference_gradients``).
     """
     dirs = 2 if bidirectional else 1
     D = hidden_size
@@ -313,13 +518,21 @@ def sru_recurrence_triton(U: torch.Tensor, x: torch.Tensor | None, weight_c: tor
         U = to_planar(U, dirs, D)
     elif U.dim() != 4 or U.shape[3] != dirs * D:
         raise ValueError(f"planar U must be [L, B, K, {dirs * D}], got {tuple(U.shape)}")
-    tensors = (U, x, weight_c, bias, c0)
-    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
-        h, c = SRURecurrenceTriton.apply(U, x, weight_c, bias, c0, D, dirs, float(scale_x), mask_c,
-                                         mask_pad, use_tanh)
-    else:
-        # no gradient will be taken: no autograd record, nothing saved, no c sequence written
-        launch = _Launch(U, x, weight_c, bias, c0, D, dirs, scale_x, mask_c, mask_pad, use_tanh)
-        h, _, c = launch.forward(save_c=False)
-        c = c.to(c0.dtype)
+    x = None if U.shape[2] == 4 else x
+    if not (U.is_contiguous() and weight_c.is_contiguous() and bias.is_contiguous()
+            and (x is None or x.is_contiguous()) and (c0 is None or c0.is_contiguous())
+            and (mask_c is None or mask_c.is_contiguous())):  # one test for the common case
+        U, x, weight_c, bias, c0, mask_c = (_contiguous(t) for t in (U, x, weight_c, bias, c0, mask_c))
+    pad = pad_bytes(mask_pad)
+    scale_x, use_tanh = float(scale_x), bool(use_tanh)
+    grad = torch.is_grad_enabled() and (U.requires_grad or weight_c.requires_grad or bias.requires_grad
+                                        or (c0 is not None and c0.requires_grad)
+                                        or (x is not None and x.requires_grad))
+    if torch.compiler.is_compiling():
+        h, c, _ = _op_forward(U, x, weight_c, bias, c0, mask_c, pad, D, dirs, scale_x, use_tanh, grad)
+        return h, c
+    if grad:
+        return SRURecurrenceTriton.apply(U, x, weight_c, bias, c0, mask_c, pad, D, dirs, scale_x, use_tanh)
+    # no gradient will be taken: no autograd record, nothing saved, no c sequence written
+    h, _, c = _forward(U, x, weight_c, bias, c0, mask_c, pad, D, dirs, scale_x, use_tanh, save_c=False)
     return h, c

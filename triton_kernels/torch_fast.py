@@ -13,11 +13,16 @@ backward pass is written by hand so that autograd records no per-step graph:
 Padding sets the forget gate to exactly 1 (``u1 = +inf``): ``lerp`` then returns ``c_{t-1}``
 bit for bit and every gradient through the step is zero, as the reference's ``where``.
 The backward direction is the forward one run on the time-reversed sequence.
+
+The hand-written backward is differentiable once: a double backward (``create_graph=True``) raises.
+It would need U and x saved (40-60% more saved memory per layer for a rare use); the Triton path,
+which saves them anyway, takes the reference's gradients there, and ``naive`` is differentiable twice.
 """
 
 from __future__ import annotations
 
 import torch
+from torch.autograd.function import once_differentiable
 
 
 def _flip_backward_direction(t: torch.Tensor) -> torch.Tensor:
@@ -52,7 +57,8 @@ class _SRURecurrence(torch.autograd.Function):
         c_init = c0.reshape(B, dirs, d).to(compute)
 
         c = torch.empty(L, B, dirs, d, dtype=compute, device=U.device)
-        linear = not weight_c.requires_grad and not bool(v_f.any())
+        # (the test reads v: not under torch.compile, where the general loop computes the same)
+        linear = not weight_c.requires_grad and not torch.compiler.is_compiling() and not bool(v_f.any())
         if linear:  # the 2017 form: gates from the input only
             f = torch.sigmoid(u1)
             prev = c_init
@@ -81,6 +87,7 @@ class _SRURecurrence(torch.autograd.Function):
         return h.reshape(L, B, dirs * d).to(dtype), c_last.to(dtype)
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad_h, grad_c_last):
         u0, f, r, c, c_init, xp, v_f, v_r, mask_c, pad = ctx.saved_tensors
         L, B, dirs, d, k, scale_x, use_tanh, dtype, has_x = ctx.meta

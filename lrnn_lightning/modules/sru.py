@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 import warnings
 
 import torch
@@ -29,6 +30,8 @@ BACKENDS = ("auto", "triton", "torch")
 
 def triton_available() -> bool:
     """Whether the Triton kernels can be imported (triton is a dependency on Linux only)."""
+    if sys.modules.get("triton") is not None:  # imported already: no import machinery per call
+        return True
     try:
         import triton  # noqa: F401
     except ImportError:
@@ -61,6 +64,19 @@ def resolve_backend(backend: str, device: torch.device, dtype: torch.dtype) -> s
             raise RuntimeError("SRU backend 'triton' needs the triton package: `pip install triton`, or use "
                                "backend='auto' / 'torch'")
     return backend
+
+
+_KERNELS = None
+
+
+def _kernels():
+    """``triton_kernels.sru``, imported on the first Triton call (it needs triton), then kept."""
+    global _KERNELS
+    if _KERNELS is None:
+        import triton_kernels.sru as kernels
+
+        _KERNELS = kernels
+    return _KERNELS
 
 
 class SRULayer(nn.Module):
@@ -133,8 +149,6 @@ class SRULayer(nn.Module):
     def forward(self, x: torch.Tensor, c0: torch.Tensor | None = None,
                 mask_pad: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         L, B, _ = x.shape
-        if c0 is None:
-            c0 = x.new_zeros(B, self.output_size)
         residual = x
         if self.layer_norm is not None and not self.normalize_after:
             x = self.layer_norm(x)
@@ -147,18 +161,20 @@ class SRULayer(nn.Module):
         highway = residual if self.num_matrices == 3 else None
         self.last_backend = resolve_backend(self.backend, x.device, flat.dtype)
         if self.last_backend == "triton":
-            from triton_kernels.sru import planar_weight, sru_recurrence_triton
-
+            kernels = _kernels()
             # the kernels read U as one plane per projection ([L, B, K, dirs*D], unit stride per plane):
-            # the same product with the weight's columns permuted, no copy of U
-            U = (flat @ planar_weight(self.weight, self.num_directions, self.hidden_size)).view(
+            # the same product with the weight's columns permuted, no copy of U; c0=None is a zero state
+            # the kernels start from (nothing allocated)
+            U = (flat @ kernels.planar_weight(self.weight, self.num_directions, self.hidden_size)).view(
                 L, B, self.num_matrices, self.output_size)
-            h, c = sru_recurrence_triton(U, highway, self.weight_c, self.bias, c0, self.hidden_size,
-                                         self.bidirectional, self.scale, mask_c, mask_pad, self.use_tanh,
-                                         planar=True)
+            h, c = kernels.sru_recurrence_triton(U, highway, self.weight_c, self.bias, c0, self.hidden_size,
+                                                 self.bidirectional, self.scale, mask_c, mask_pad, self.use_tanh,
+                                                 planar=True)
         else:
             from triton_kernels.torch_fast import sru_recurrence_torch
 
+            if c0 is None:
+                c0 = x.new_zeros(B, self.output_size)
             U = (flat @ self.weight).view(L, B, -1)
             h, c = sru_recurrence_torch(U, highway, self.weight_c, self.bias, c0, self.hidden_size,
                                         self.bidirectional, self.scale, mask_c, mask_pad, self.use_tanh)
