@@ -2,16 +2,25 @@
 
 from __future__ import annotations
 
+import logging
+import os
 import re
+import signal
+import subprocess
+import threading
 import time
 from datetime import timedelta
 from typing import Any
 
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.trainer.connectors.signal_connector import _HandlersCompose
 from lightning.pytorch.utilities import rank_zero_warn
 
+from lrnn_lightning import resume
 from lrnn_lightning.errors import UserError
-from lrnn_lightning.resume import windows_done
+from lrnn_lightning.resume import epoch_cut_short, stop_after_batch, windows_done
+
+log = logging.getLogger(__name__)
 
 _UNITS = {"": 1, "s": 1, "sec": 1, "secs": 1, "second": 1, "seconds": 1, "m": 60, "min": 60, "mins": 60,
           "minute": 60, "minutes": 60, "h": 3600, "hr": 3600, "hrs": 3600, "hour": 3600, "hours": 3600,
@@ -83,6 +92,19 @@ class MidEpochCheckpoint(ModelCheckpoint):
 
     Under DDP every rank takes the same decision (the step count is the same everywhere; the
     time trigger is rank 0's clock, broadcast), since saving is a collective.
+
+    **Stops.** However a run stops gracefully, it stops at a step boundary and this callback writes
+    its final checkpoint there, once (see ``lrnn_lightning.resume.stop_after_batch``):
+    ``trainer.max_steps``, ``trainer.max_time`` (any ``trainer.should_stop``) and SIGTERM end the fit
+    after the batch in which they happen; Ctrl-C (SIGINT) and SLURM's requeue signal (SIGUSR1, when
+    Lightning's SLURM auto-requeue is on) are deferred from wherever they arrive to the end of the
+    current step, where the checkpoint is written and then the run is interrupted
+    (``KeyboardInterrupt``, as Lightning handles Ctrl-C; a second Ctrl-C interrupts at once) or the
+    job is requeued (``scontrol requeue``) and ends as after SIGTERM. In the middle of an epoch that
+    checkpoint is an ordinary mid-epoch ``last.ckpt``: the epoch that the stop cut short is not
+    validated, and its epoch-end hooks save nothing (Lightning runs them even for an unfinished epoch,
+    and a checkpoint written there would record the epoch as done: a resume would skip its rest).
+    A crash (SIGKILL, power loss) resumes from the newest mid-epoch or epoch-end checkpoint.
     """
 
     def __init__(self, *args: Any, every_n_train_steps: int | None = None,
@@ -102,6 +124,7 @@ class MidEpochCheckpoint(ModelCheckpoint):
         self.mid_epoch_interval = parse_interval(train_time_interval)
         self._mid_time_checked: float | None = None
         self._mid_step_saved = -1
+        self._signalled: set[str] = set()  # deferred signals that wait for the epoch-end save
 
     @property
     def state_key(self) -> str:
@@ -114,15 +137,83 @@ class MidEpochCheckpoint(ModelCheckpoint):
     def on_train_start(self, trainer, pl_module) -> None:
         super().on_train_start(trainer, pl_module)
         self._mid_time_checked = time.monotonic()
+        resume.clear_stop_requests()
+        if not trainer.fast_dev_run:
+            self._defer_signals(trainer)
 
     def on_train_end(self, trainer, pl_module) -> None:
-        # Lightning 2.6 writes last.ckpt here even under fast_dev_run, which promises no checkpoints
-        if not trainer.fast_dev_run:
+        # Lightning 2.6 writes last.ckpt here even under fast_dev_run, which promises no checkpoints;
+        # after a stop that cut an epoch short, the final checkpoint is written already
+        if not trainer.fast_dev_run and not epoch_cut_short(trainer):
             super().on_train_end(trainer, pl_module)
+        resume.clear_stop_requests()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if self._mid_epoch_due(trainer):
-            self.save_last_mid_epoch(trainer)
+        stops = stop_after_batch(trainer) if not trainer.fast_dev_run else set()
+        mid_epoch = windows_done(trainer) > 0
+        if stops and mid_epoch:
+            self._final_save(trainer)
+            self._after_final_save(trainer, stops)
+        else:
+            if self._mid_epoch_due(trainer):
+                self.save_last_mid_epoch(trainer)
+            # on an epoch's last batch: after that epoch's validation and its epoch-end save
+            self._signalled = stops & {"requeue", "sigint"}
+
+    def _after_final_save(self, trainer, stops: set[str]) -> None:
+        if "requeue" in stops:
+            self._requeue(trainer)
+        if "sigint" in stops:
+            raise KeyboardInterrupt(f"Ctrl-C: stopped after global step {trainer.global_step}")
+
+    def _final_save(self, trainer) -> None:
+        """The checkpoint of a stop in the middle of an epoch: ``last.ckpt`` at this step boundary,
+        and nothing more (no validation of the unfinished epoch, no epoch-end or train-end save)."""
+        if self.save_last and not trainer.sanity_checking and self._mid_step_saved != trainer.global_step:
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+            self._mid_step_saved = trainer.global_step
+            log.info("stopping after global step %d in the middle of epoch %d: saved %s", trainer.global_step,
+                     trainer.current_epoch, self.last_model_path)
+        # the base class saves nothing more at this global step
+        self._last_global_step_saved = trainer.global_step
+        trainer.fit_loop.epoch_loop._skip_next_val = True
+
+    # ---- signals deferred to the next step boundary --------------------------------------------------
+    def _defer_signals(self, trainer) -> None:
+        """Ctrl-C and Lightning's SLURM requeue signal wait for the end of the current step (see the
+        class docstring). Lightning puts back the handlers it found when the fit ends."""
+        if threading.current_thread() is not threading.main_thread():
+            return
+        if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+            signal.signal(signal.SIGINT, _on_sigint)
+        from lightning.fabric.plugins.environments import SLURMEnvironment
+
+        env = trainer._accelerator_connector.cluster_environment
+        if isinstance(env, SLURMEnvironment) and env.auto_requeue and env.requeue_signal is not None \
+                and isinstance(signal.getsignal(env.requeue_signal), _HandlersCompose):
+            # replaces Lightning's handler, which saves and requeues wherever the signal lands, mid-step
+            signal.signal(env.requeue_signal, _on_requeue_signal)
+
+    def _requeue(self, trainer) -> None:
+        """After the final checkpoint: requeue this SLURM job (as Lightning's handler does), and end the
+        run as after SIGTERM (SLURM ends the job anyway)."""
+        if trainer.is_global_zero:
+            for lg in trainer.loggers:
+                lg.save()
+            array_job = os.environ.get("SLURM_ARRAY_JOB_ID")
+            job = f"{array_job}_{os.environ['SLURM_ARRAY_TASK_ID']}" if array_job else os.environ.get("SLURM_JOB_ID")
+            if job and re.fullmatch(r"[0-9_]+", job):
+                try:
+                    result = subprocess.call(["scontrol", "requeue", job])
+                except OSError as e:
+                    result = f"{type(e).__name__}: {e}"
+                if result == 0:
+                    log.info("requeued SLURM job %s", job)
+                else:
+                    log.warning("requeuing SLURM job %s failed (%s)", job, result)
+            else:
+                log.warning("requeue signal outside a SLURM job (no SLURM_JOB_ID): nothing requeued")
+        trainer._signal_connector.received_sigterm = True  # Lightning ends the fit after this batch
 
     # Lightning 2.6 writes last.ckpt after a validation only when a top-k checkpoint was written at
     # that step: after an epoch that is no new best, last.ckpt would stay behind (and a resume from
@@ -133,9 +224,14 @@ class MidEpochCheckpoint(ModelCheckpoint):
             self._save_last_if_not_saved(trainer)
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
+        if epoch_cut_short(trainer):  # a stop: the final checkpoint was written at its step boundary
+            return
         super().on_train_epoch_end(trainer, pl_module)
         if self._should_save_on_train_epoch_end(trainer):
             self._save_last_if_not_saved(trainer)
+        signalled, self._signalled = self._signalled, set()
+        if signalled:
+            self._after_final_save(trainer, signalled)
 
     def _save_last_if_not_saved(self, trainer) -> None:
         due = self._every_n_epochs >= 1 and (trainer.current_epoch + 1) % self._every_n_epochs == 0
@@ -175,3 +271,14 @@ class MidEpochCheckpoint(ModelCheckpoint):
         self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
         self._last_global_step_saved = saved_step
         self._mid_step_saved = trainer.global_step
+
+
+def _on_sigint(signum, frame) -> None:
+    log.warning("Ctrl-C: stopping after the current step with a checkpoint (Ctrl-C again: at once)")
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    resume.request_stop("sigint")
+
+
+def _on_requeue_signal(signum, frame) -> None:
+    log.info("requeue signal %s: checkpoint and requeue after the current step", signum)
+    resume.request_stop("requeue")
