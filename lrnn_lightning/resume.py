@@ -125,6 +125,12 @@ def stop_after_batch(trainer) -> set[str]:
     return reasons
 
 
+def stopped_by(trainer) -> set[str]:
+    """Why the fit stopped at its last step boundary (``stop_after_batch``'s answer there), or empty."""
+    cached = getattr(trainer, "_lrnn_stop_after_batch", None)
+    return set(cached[1]) if cached is not None else set()
+
+
 def epoch_cut_short(trainer) -> bool:
     """In the epoch-end hooks of an epoch that a stop ended before its last batch: nothing of an
     epoch's end happens then (no epoch-end checkpoint, no epoch metric); the resumed run finishes it."""

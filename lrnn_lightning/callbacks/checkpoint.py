@@ -98,9 +98,8 @@ class MidEpochCheckpoint(ModelCheckpoint):
     ``trainer.max_steps``, ``trainer.max_time`` (any ``trainer.should_stop``) and SIGTERM end the fit
     after the batch in which they happen; Ctrl-C (SIGINT) and SLURM's requeue signal (SIGUSR1, when
     Lightning's SLURM auto-requeue is on) are deferred from wherever they arrive to the end of the
-    current step, where the checkpoint is written and then the run is interrupted
-    (``KeyboardInterrupt``, as Lightning handles Ctrl-C; a second Ctrl-C interrupts at once) or the
-    job is requeued (``scontrol requeue``) and ends as after SIGTERM. In the middle of an epoch that
+    current step, where the checkpoint is written, the job requeued (``scontrol requeue``, SIGUSR1),
+    and the fit ended as Lightning ends it after SIGTERM (a second Ctrl-C interrupts at once). In the middle of an epoch that
     checkpoint is an ordinary mid-epoch ``last.ckpt``: the epoch that the stop cut short is not
     validated, and its epoch-end hooks save nothing (Lightning runs them even for an unfinished epoch,
     and a checkpoint written there would record the epoch as done: a resume would skip its rest).
@@ -124,7 +123,7 @@ class MidEpochCheckpoint(ModelCheckpoint):
         self.mid_epoch_interval = parse_interval(train_time_interval)
         self._mid_time_checked: float | None = None
         self._mid_step_saved = -1
-        self._signalled: set[str] = set()  # deferred signals that wait for the epoch-end save
+        self._requeue_after_epoch_end = False
 
     @property
     def state_key(self) -> str:
@@ -150,21 +149,24 @@ class MidEpochCheckpoint(ModelCheckpoint):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         stops = stop_after_batch(trainer) if not trainer.fast_dev_run else set()
-        mid_epoch = windows_done(trainer) > 0
-        if stops and mid_epoch:
+        if stops and windows_done(trainer) > 0:
             self._final_save(trainer)
-            self._after_final_save(trainer, stops)
-        else:
-            if self._mid_epoch_due(trainer):
-                self.save_last_mid_epoch(trainer)
-            # on an epoch's last batch: after that epoch's validation and its epoch-end save
-            self._signalled = stops & {"requeue", "sigint"}
-
-    def _after_final_save(self, trainer, stops: set[str]) -> None:
+            if "should_stop" in stops:
+                # Lightning would send the step metrics' last values to the loggers once more at this step
+                # (a row the uninterrupted run does not have): the fit ends here as max_steps ends it
+                trainer.should_stop = False
+                trainer.fit_loop.epoch_loop.max_steps = trainer.global_step
+        elif self._mid_epoch_due(trainer):
+            self.save_last_mid_epoch(trainer)
+        if stops & {"sigint", "requeue"}:
+            # Lightning's way out after SIGTERM: the fit ends once this batch is logged (in the middle of
+            # an epoch) or once the epoch has ended, validated and saved (on its last batch)
+            trainer._signal_connector.received_sigterm = True
         if "requeue" in stops:
-            self._requeue(trainer)
-        if "sigint" in stops:
-            raise KeyboardInterrupt(f"Ctrl-C: stopped after global step {trainer.global_step}")
+            if windows_done(trainer) > 0:
+                self._requeue(trainer)
+            else:
+                self._requeue_after_epoch_end = True
 
     def _final_save(self, trainer) -> None:
         """The checkpoint of a stop in the middle of an epoch: ``last.ckpt`` at this step boundary,
@@ -195,8 +197,8 @@ class MidEpochCheckpoint(ModelCheckpoint):
             signal.signal(env.requeue_signal, _on_requeue_signal)
 
     def _requeue(self, trainer) -> None:
-        """After the final checkpoint: requeue this SLURM job (as Lightning's handler does), and end the
-        run as after SIGTERM (SLURM ends the job anyway)."""
+        """After the final checkpoint: requeue this SLURM job, as Lightning's handler does (the run
+        itself ends as after SIGTERM: SLURM would end the job anyway)."""
         if trainer.is_global_zero:
             for lg in trainer.loggers:
                 lg.save()
@@ -213,7 +215,6 @@ class MidEpochCheckpoint(ModelCheckpoint):
                     log.warning("requeuing SLURM job %s failed (%s)", job, result)
             else:
                 log.warning("requeue signal outside a SLURM job (no SLURM_JOB_ID): nothing requeued")
-        trainer._signal_connector.received_sigterm = True  # Lightning ends the fit after this batch
 
     # Lightning 2.6 writes last.ckpt after a validation only when a top-k checkpoint was written at
     # that step: after an epoch that is no new best, last.ckpt would stay behind (and a resume from
@@ -229,9 +230,9 @@ class MidEpochCheckpoint(ModelCheckpoint):
         super().on_train_epoch_end(trainer, pl_module)
         if self._should_save_on_train_epoch_end(trainer):
             self._save_last_if_not_saved(trainer)
-        signalled, self._signalled = self._signalled, set()
-        if signalled:
-            self._after_final_save(trainer, signalled)
+        if self._requeue_after_epoch_end:  # the requeue signal came during the epoch's last step
+            self._requeue_after_epoch_end = False
+            self._requeue(trainer)
 
     def _save_last_if_not_saved(self, trainer) -> None:
         due = self._every_n_epochs >= 1 and (trainer.current_epoch + 1) % self._every_n_epochs == 0
