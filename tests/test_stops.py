@@ -4,8 +4,9 @@ metrics, and the CSV and TensorBoard logs (no step logged twice or lost).
 
 Stops: ``trainer.max_steps``, ``trainer.max_time`` (Lightning's Timer), SIGTERM, Ctrl-C (SIGINT),
 SLURM's requeue signal (SIGUSR1 under ``hardware=multinode``) and a crash (SIGKILL) after a step
-checkpoint; in one process here, under DDP in ``test_ddp_stops.py``. A graceful stop writes its final
-checkpoint once, at the step boundary where it stops.
+checkpoint, in one process and under DDP. A graceful stop writes its final
+checkpoint once, at the step boundary where it stops. Under DDP (two CPU processes started as the
+tasks of a SLURM job), one run directory goes through every stop in turn (``test_ddp_*``).
 
 One uninterrupted reference run is shared by all cases (module scope): each case costs one stopped
 and one resumed run of a small LightRNN (17 windows per epoch, 2 epochs, a reallocation round after
@@ -27,13 +28,14 @@ import resume_helpers
 from conftest import ROOT, compose_cfg, run_script
 from lrnn_lightning.run import train
 
-BASE = ["experiment=tiny", "data.corpus.train_tokens=1200", "data.corpus.valid_tokens=600",
+BASE = ["experiment=tiny", "data.corpus.valid_tokens=600",
         "data.corpus.test_tokens=600", "model=lightrnn", "model.dropout=0.3", "test=false",
         "trainer.num_sanity_val_steps=0",
         "callbacks.reallocation.skip_last_epoch=false", "callbacks.model_checkpoint.every_n_train_steps=4",
         # CSV and TensorBoard (W&B: no network in the tests)
         "logger=many", "logger.wandb=null",
         "+callbacks.count._target_=resume_helpers.CountSaves"]
+ONE = [*BASE, "data.corpus.train_tokens=1200"]  # one process: 17 windows per epoch
 STOP = 6  # every graceful stop below ends after global step 6 (epoch 0, between the step saves at 4 and 8)
 SIGNAL = ["+callbacks.signal._target_=resume_helpers.SignalAt", f"+callbacks.signal.step={STOP - 1}"]
 SLURM_ENV = {"SLURM_NTASKS": "1", "SLURM_NTASKS_PER_NODE": "1", "SLURM_NNODES": "1", "SLURM_PROCID": "0",
@@ -51,7 +53,7 @@ SCALARS = ("train/loss", "train/ppl", "val/ppl", "realloc/moved_words", "realloc
 
 def run(root: Path, name: str, overrides: list[str]):
     """``train.py`` in this process, in run directory ``root/name``: metrics, or the exception it ended with."""
-    cfg = compose_cfg("train", [*BASE, *overrides], root / name, root)
+    cfg = compose_cfg("train", [*ONE, *overrides], root / name, root)
     try:
         return train(cfg)
     finally:
@@ -166,9 +168,103 @@ def test_a_stopped_run_resumes_exactly_and_saved_its_final_checkpoint_once(refer
 def test_a_run_killed_after_a_step_checkpoint_resumes_exactly(reference):
     """SIGKILL: nothing runs after it; the run resumes from the step checkpoint before it (step 8)."""
     root, reference_metrics = reference
-    proc = run_script("train.py", *BASE, f"paths.root_dir={root}", "hydra.run.dir=killed",
+    proc = run_script("train.py", *ONE, f"paths.root_dir={root}", "hydra.run.dir=killed",
                       "+callbacks.kill._target_=resume_helpers.KillAt", "+callbacks.kill.step=8",
                       cwd=root, env_extra=HELPERS_ENV)
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
     assert load(root / "killed" / "checkpoints" / "last.ckpt")["global_step"] == 8
     assert_resumed_like_the_reference(root, "killed", reference_metrics)
+
+
+# ---- DDP: two processes, every stop in turn in one run directory -----------------------------------------
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ranks(root: Path, plan: list[dict], report: Path, bin_dir: Path) -> list[int]:
+    """Starts the two ranks of a SLURM job running ``ddp_stop_chain.py`` over ``plan``; their exit codes."""
+    import json
+    import subprocess
+
+    plan_file = root / f"plan_{report.stem}.json"
+    plan_file.write_text(json.dumps(plan))
+    port = str(_free_port())
+    procs = []
+    for rank in (0, 1):
+        env = {**os.environ, **HELPERS_ENV, "PYTHONUNBUFFERED": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port,
+               "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+               **SLURM_ENV, "SLURM_NTASKS": "2", "SLURM_NTASKS_PER_NODE": "2", "SLURM_PROCID": str(rank),
+               "SLURM_LOCALID": str(rank), "SLURM_JOB_ID": "4343"}
+        log = open(root / f"{report.stem}_rank{rank}.log", "w")
+        procs.append(subprocess.Popen([sys.executable, str(ROOT / "tests" / "ddp_stop_chain.py"), str(root),
+                                       str(plan_file), str(report)], cwd=root, env=env, stdout=log, stderr=log))
+    return [p.wait(timeout=900) for p in procs]
+
+
+@pytest.mark.slow
+def test_ddp_every_stop_in_turn_resumes_exactly(tmp_path):
+    """One run directory of two processes (13 windows per rank and epoch, 26 steps) is stopped by
+    max_steps (after step 3), max_time (6), SIGTERM to both ranks (8, also a step save), Ctrl-C to rank 1
+    alone (11), the requeue signal to rank 0 alone under hardware=multinode (17, in epoch 1) and SIGKILL
+    (after the step save of 20), each time resumed with ckpt_path=last; it ends as the uninterrupted run."""
+    import json
+
+    ddp = [*BASE, "data.corpus.train_tokens=2000", "hardware=ddp_cpu", "trainer.devices=2"]
+    multinode = ["hardware=multinode", "hydra.mode=RUN", "nodes=1", "gpus_per_node=2", "trainer.accelerator=cpu",
+                 "trainer.precision=32-true"]
+    signal_at = lambda step, sig, ranks: [*SIGNAL[:1], f"+callbacks.signal.step={step}",  # noqa: E731
+                                          f"+callbacks.signal.signal={sig}", f"+callbacks.signal.ranks={ranks}"]
+    chain = [*ddp, "ckpt_path=last"]
+    plan = [
+        {"run": "straight", "overrides": ddp},
+        {"run": "chain", "overrides": [*chain, "trainer.max_steps=3"]},
+        {"run": "chain", "overrides": [*chain, "+callbacks.timer._target_=resume_helpers.step_clock_timer",
+                                       "+callbacks.timer.steps=6"]},
+        {"run": "chain", "overrides": [*chain, *signal_at(7, "SIGTERM", [0, 1])]},
+        {"run": "chain", "overrides": [*chain, *signal_at(10, "SIGINT", [1])]},
+        {"run": "chain", "overrides": [*chain, *multinode, *signal_at(16, "SIGUSR1", [0])]},
+        {"run": "chain", "overrides": [*chain, "+callbacks.kill._target_=resume_helpers.KillAt",
+                                       "+callbacks.kill.step=20"]},
+    ]
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    requeued = tmp_path / "requeued"
+    (bin_dir / "scontrol").write_text(f'#!/bin/sh\necho "$@" >> {requeued}\n')
+    (bin_dir / "scontrol").chmod(0o755)
+    report = tmp_path / "report_a.json"
+    codes = _ranks(tmp_path, plan, report, bin_dir)
+    logs = "".join((tmp_path / f"report_a_rank{r}.log").read_text()[-3000:] for r in (0, 1))
+    assert codes == [-signal.SIGKILL, -signal.SIGKILL], f"{codes}\n{logs}"
+    jobs = json.loads(report.read_text())
+    assert len(jobs) == 6, logs  # the seventh was killed
+    assert [(j["ended"], j["saves"]) for j in jobs[1:]] == [
+        (None, [3]),  # max_steps: its final checkpoint, once
+        (None, [4, 6]),  # max_time: the step save at 4, the final one at 6
+        ("SIGTERMException", [8]),  # the stop and the step save at the same step: one checkpoint
+        ("SystemExit", [11]),  # Ctrl-C, as Lightning ends on Ctrl-C
+        # step saves at 12 and 16, the end of epoch 0 at 13 (the best and last.ckpt), the requeue's at 17
+        ("SIGTERMException", [12, 13, 13, 16, 17]),
+    ], logs
+    assert requeued.read_text().split() == ["requeue", "4343"]
+    assert load(tmp_path / "chain" / "checkpoints" / "last.ckpt")["global_step"] == 20
+
+    report = tmp_path / "report_b.json"
+    codes = _ranks(tmp_path, [{"run": "chain", "overrides": chain}], report, bin_dir)
+    assert codes == [0, 0], "".join((tmp_path / f"report_b_rank{r}.log").read_text()[-3000:] for r in (0, 1))
+    resumed = json.loads(report.read_text())[0]
+    ref, got = load(tmp_path / "straight" / "checkpoints" / "last.ckpt"), load(tmp_path / "chain" / "checkpoints" / "last.ckpt")
+    assert (got["global_step"], got["epoch"]) == (ref["global_step"], ref["epoch"]) == (26, 1)
+    for key in ref["state_dict"]:
+        assert torch.equal(ref["state_dict"][key], got["state_dict"][key]), f"{key} differs"
+    for i, state in ref["optimizer_states"][0]["state"].items():
+        for k, v in state.items():
+            assert torch.equal(v, got["optimizer_states"][0]["state"][i][k]), f"optimizer state {i}/{k} differs"
+    assert ref["lr_schedulers"] == got["lr_schedulers"]
+    assert final_metrics(resumed["metrics"]) == final_metrics(jobs[0]["metrics"])
+    assert csv_rows(tmp_path / "chain") == csv_rows(tmp_path / "straight")
+    assert tensorboard_scalars(tmp_path / "chain") == tensorboard_scalars(tmp_path / "straight")
