@@ -148,6 +148,8 @@ class MidEpochCheckpoint(ModelCheckpoint):
         resume.clear_stop_requests()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if windows_done(trainer) % trainer.accumulate_grad_batches:
+            return  # inside a gradient accumulation (not in a checkpoint): deferred signals wait for its step
         stops = stop_after_batch(trainer) if not trainer.fast_dev_run else set()
         if stops and windows_done(trainer) > 0:
             self._final_save(trainer)
