@@ -153,14 +153,16 @@ class MidEpochCheckpoint(ModelCheckpoint):
         stops = stop_after_batch(trainer) if not trainer.fast_dev_run else set()
         if stops and windows_done(trainer) > 0:
             self._final_save(trainer)
-            if "should_stop" in stops:
-                # Lightning would send the step metrics' last values to the loggers once more at this step
-                # (a row the uninterrupted run does not have): the fit ends here as max_steps ends it
-                trainer.should_stop = False
-                trainer.fit_loop.epoch_loop.max_steps = trainer.global_step
         elif self._mid_epoch_due(trainer):
             self.save_last_mid_epoch(trainer)
+        if "should_stop" in stops:
+            # Lightning would send the step metrics' last values to the loggers once more at this step (a
+            # row the uninterrupted run does not have): the fit ends after this step as max_steps ends it
+            trainer.should_stop = False
+            trainer.fit_loop.epoch_loop.max_steps = trainer.global_step
         if stops & {"sigint", "requeue"}:
+            log.warning("%s: stopping after global step %d with a checkpoint", "Ctrl-C" if "sigint" in stops
+                        else "SLURM requeue signal", trainer.global_step)
             # Lightning's way out after SIGTERM: the fit ends once this batch is logged (in the middle of
             # an epoch) or once the epoch has ended, validated and saved (on its last batch)
             trainer._signal_connector.received_sigterm = True
@@ -276,12 +278,12 @@ class MidEpochCheckpoint(ModelCheckpoint):
         self._mid_step_saved = trainer.global_step
 
 
+# signal handlers do no more than take note (no logging, no I/O): the next step boundary acts on it
+
 def _on_sigint(signum, frame) -> None:
-    log.warning("Ctrl-C: stopping after the current step with a checkpoint (Ctrl-C again: at once)")
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # a second Ctrl-C interrupts at once
     resume.request_stop("sigint")
 
 
 def _on_requeue_signal(signum, frame) -> None:
-    log.info("requeue signal %s: checkpoint and requeue after the current step", signum)
     resume.request_stop("requeue")
