@@ -72,19 +72,22 @@ def to_device(obj: Any, device) -> Any:
 #
 # Every way a run stops gracefully ends at the boundary between two optimizer steps, where a mid-epoch
 # checkpoint is exact: ``trainer.max_steps``, ``trainer.max_time`` and any other ``trainer.should_stop``
-# (Lightning stops after the batch that sets it), SIGTERM (Lightning raises after the batch it arrives
-# in), and the signals that would otherwise interrupt a step half-way, which are deferred to the next
-# boundary: Ctrl-C (SIGINT; a second Ctrl-C interrupts at once) and SLURM's requeue signal (SIGUSR1).
-# ``MidEpochCheckpoint`` writes the run's final checkpoint there, once.
+# (Lightning stops after the batch that sets it), and the signals, which are noted wherever they land
+# and acted on at the next boundary: SIGTERM, Ctrl-C (SIGINT; a second Ctrl-C interrupts at once) and
+# SLURM's requeue signal (SIGUSR1). ``MidEpochCheckpoint`` writes the run's final checkpoint there, once.
 
 _REQUESTS: set[str] = set()  # signals received by this process and deferred to the next step boundary
 SIGNAL_REASONS = ("sigterm", "sigint", "requeue")  # agreed over ranks, in this order
 
 
 def request_stop(reason: str) -> None:
-    """Called from a signal handler: the run stops (``sigint``) or requeues (``requeue``) at the next
-    step boundary."""
+    """Called from a signal handler: the run stops (``sigterm``, ``sigint``) or is requeued and stops
+    (``requeue``) at the next step boundary."""
     _REQUESTS.add(reason)
+
+
+def stop_requested(reason: str) -> bool:
+    return reason in _REQUESTS
 
 
 def clear_stop_requests() -> None:
@@ -115,7 +118,8 @@ def stop_after_batch(trainer) -> set[str]:
         return cached[1]
     reasons = _signals_received(trainer)
     if "sigterm" in reasons and not trainer.received_sigterm:
-        # another rank was signalled: every rank leaves after this batch, as Lightning does for its own
+        # Lightning's own flag, set here on every rank (whichever was signalled): it ends the fit once
+        # this batch is done (in the middle of an epoch) or once the epoch has ended (on its last batch)
         trainer._signal_connector.received_sigterm = True
     if trainer.max_steps not in (None, -1) and trainer.global_step >= trainer.max_steps:
         reasons.add("max_steps")

@@ -95,11 +95,13 @@ class MidEpochCheckpoint(ModelCheckpoint):
 
     **Stops.** However a run stops gracefully, it stops at a step boundary and this callback writes
     its final checkpoint there, once (see ``lrnn_lightning.resume.stop_after_batch``):
-    ``trainer.max_steps``, ``trainer.max_time`` (any ``trainer.should_stop``) and SIGTERM end the fit
-    after the batch in which they happen; Ctrl-C (SIGINT) and SLURM's requeue signal (SIGUSR1, when
-    Lightning's SLURM auto-requeue is on) are deferred from wherever they arrive to the end of the
-    current step, where the checkpoint is written, the job requeued (``scontrol requeue``, SIGUSR1),
-    and the fit ended as Lightning ends it after SIGTERM (a second Ctrl-C interrupts at once). In the middle of an epoch that
+    ``trainer.max_steps`` and ``trainer.max_time`` (any ``trainer.should_stop``) end the fit after the
+    step in which they happen; SIGTERM, Ctrl-C (SIGINT) and SLURM's requeue signal (SIGUSR1, when
+    Lightning's SLURM auto-requeue is on) are noted wherever they arrive and acted on at the end of
+    the current training step, where the checkpoint is written, the job requeued (``scontrol
+    requeue``, SIGUSR1), and the fit ended as Lightning ends it after SIGTERM (``SIGTERMException``;
+    a second Ctrl-C interrupts at once). A signal during a validation waits for the next training
+    step. In the middle of an epoch that
     checkpoint is an ordinary mid-epoch ``last.ckpt``: the epoch that the stop cut short is not
     validated, and its epoch-end hooks save nothing (Lightning runs them even for an unfinished epoch,
     and a checkpoint written there would record the epoch as done: a resume would skip its rest).
@@ -192,6 +194,15 @@ class MidEpochCheckpoint(ModelCheckpoint):
             return
         if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
             signal.signal(signal.SIGINT, _on_sigint)
+        current = signal.getsignal(signal.SIGTERM)
+        notifier = trainer._signal_connector._sigterm_notifier_fn
+        if isinstance(current, _HandlersCompose) and notifier in current.signal_handlers:
+            # Lightning's SIGTERM notifier flags the trainer wherever the signal lands (and, under DDP,
+            # broadcasts from inside the handler): Lightning could then end the fit before the step's
+            # checkpoint. Ours only takes note (and passes the signal on to the ranks that Lightning
+            # started, as its notifier does); the step boundary flags the trainer after saving.
+            others = [h for h in current.signal_handlers if h != notifier]
+            signal.signal(signal.SIGTERM, _HandlersCompose([_SigtermNote(trainer.strategy.launcher), *others]))
         from lightning.fabric.plugins.environments import SLURMEnvironment
 
         env = trainer._accelerator_connector.cluster_environment
@@ -287,3 +298,13 @@ def _on_sigint(signum, frame) -> None:
 
 def _on_requeue_signal(signum, frame) -> None:
     resume.request_stop("requeue")
+
+
+class _SigtermNote:
+    def __init__(self, launcher):
+        self.launcher = launcher
+
+    def __call__(self, signum, frame) -> None:
+        if self.launcher is not None and not resume.stop_requested("sigterm"):
+            self.launcher.kill(signum)  # the other ranks of a DDP run this process started
+        resume.request_stop("sigterm")
