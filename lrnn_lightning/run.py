@@ -149,9 +149,10 @@ def _train(cfg: DictConfig) -> dict[str, Any]:
         reasons = stopped_by(trainer)
         cause = "Ctrl-C" if "sigint" in reasons else "the SLURM requeue signal" if "requeue" in reasons else "SIGTERM"
         last = getattr(trainer.checkpoint_callback, "last_model_path", "") or _checkpoint_dir(cfg, out) / "last.ckpt"
-        log.warning("stopped by %s after global step %d; checkpoint %s. To resume exactly: the same command with "
-                    "ckpt_path=last in this run directory (hydra.run.dir=%s), or ckpt_path=%s",
-                    cause, trainer.global_step, last, out, last)
+        if trainer.is_global_zero:
+            log.warning("stopped by %s after global step %d; checkpoint %s. To resume exactly: the same command "
+                        "with ckpt_path=last in this run directory (hydra.run.dir=%s), or ckpt_path=%s",
+                        cause, trainer.global_step, last, out, last)
         if "sigint" in reasons:
             raise SystemExit(1) from None  # as Lightning ends a run on Ctrl-C
         raise

@@ -258,7 +258,7 @@ def test_ddp_every_stop_in_turn_resumes_exactly(tmp_path):
     codes = _ranks(tmp_path, [{"run": "chain", "overrides": chain}], report, bin_dir)
     assert codes == [0, 0], "".join((tmp_path / f"report_b_rank{r}.log").read_text()[-3000:] for r in (0, 1))
     resumed = json.loads(report.read_text())[0]
-    ref, got = load(tmp_path / "straight" / "checkpoints" / "last.ckpt"), load(tmp_path / "chain" / "checkpoints" / "last.ckpt")
+    ref, got = (load(tmp_path / run / "checkpoints" / "last.ckpt") for run in ("straight", "chain"))
     assert (got["global_step"], got["epoch"]) == (ref["global_step"], ref["epoch"]) == (26, 1)
     for key in ref["state_dict"]:
         assert torch.equal(ref["state_dict"][key], got["state_dict"][key]), f"{key} differs"

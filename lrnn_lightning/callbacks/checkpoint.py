@@ -162,9 +162,10 @@ class MidEpochCheckpoint(ModelCheckpoint):
             # row the uninterrupted run does not have): the fit ends after this step as max_steps ends it
             trainer.should_stop = False
             trainer.fit_loop.epoch_loop.max_steps = trainer.global_step
-        if stops & {"sigint", "requeue"}:
+        if stops & {"sigint", "requeue"} and trainer.is_global_zero:
             log.warning("%s: stopping after global step %d with a checkpoint", "Ctrl-C" if "sigint" in stops
                         else "SLURM requeue signal", trainer.global_step)
+        if stops & {"sigint", "requeue"}:
             # Lightning's way out after SIGTERM: the fit ends once this batch is logged (in the middle of
             # an epoch) or once the epoch has ended, validated and saved (on its last batch)
             trainer._signal_connector.received_sigterm = True
