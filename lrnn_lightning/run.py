@@ -14,6 +14,7 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
 from lrnn_lightning.atomic import write_json, write_text
@@ -23,6 +24,7 @@ from lrnn_lightning.checkpoint import (AtomicCheckpointIO, check_same_vocab, che
 from lrnn_lightning.errors import UserError, user_errors  # noqa: F401 - user_errors: the entry points' wrapper
 from lrnn_lightning.generation import generate_words
 from lrnn_lightning.loggers import finish_wandb
+from lrnn_lightning.resume import stopped_by
 
 log = logging.getLogger(__name__)
 
@@ -140,7 +142,20 @@ def _train(cfg: DictConfig) -> dict[str, Any]:
     log.info("parameters: total %d, embedding %d", counts["params/total"], counts["params/embedding"])
 
     _ddp_children_run_this_job_only()
-    trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+    try:
+        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+    except SIGTERMException:
+        # SIGTERM, Ctrl-C or SLURM's requeue signal: the fit ended at a step boundary with a checkpoint
+        reasons = stopped_by(trainer)
+        cause = "Ctrl-C" if "sigint" in reasons else "the SLURM requeue signal" if "requeue" in reasons else "SIGTERM"
+        last = getattr(trainer.checkpoint_callback, "last_model_path", "") or _checkpoint_dir(cfg, out) / "last.ckpt"
+        if trainer.is_global_zero:
+            log.warning("stopped by %s after global step %d; checkpoint %s. To resume exactly: the same command "
+                        "with ckpt_path=last in this run directory (hydra.run.dir=%s), or ckpt_path=%s",
+                        cause, trainer.global_step, last, out, last)
+        if "sigint" in reasons:
+            raise SystemExit(1) from None  # as Lightning ends a run on Ctrl-C
+        raise
 
     metrics: dict[str, Any] = {**run_info, **model.epoch_metrics}
     ckpt_cb = trainer.checkpoint_callback

@@ -15,6 +15,7 @@ import torch
 
 from lrnn_lightning.atomic import atomic_path, write_text
 from lrnn_lightning.callbacks.reallocation import Reallocation
+from lrnn_lightning.resume import epoch_cut_short
 
 log = logging.getLogger(__name__)
 
@@ -138,6 +139,8 @@ class Dashboard(L.Callback):
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         validated, self._validated = self._validated, False
         if trainer.sanity_checking or trainer.fast_dev_run or (trainer.current_epoch + 1) % self.every_n_epochs:
+            return
+        if epoch_cut_short(trainer):  # a stop in the middle of the epoch: the resumed run ends it
             return
         self._log_epoch_metrics(trainer, pl_module, validated)
         if not trainer.is_global_zero:

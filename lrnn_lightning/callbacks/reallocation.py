@@ -128,7 +128,7 @@ class Reallocation(L.Callback):
             self._keep_started = True
         self._context_start(trainer, pl_module, head)
         purity = self.row_purity(head)
-        if purity is not None:
+        if purity is not None and trainer.global_step == 0:  # a resumed run logged it when it started
             self.metrics["realloc/row_purity"] = purity
             log.info("row purity of the starting table: %.4f", purity)
             self._log_metrics(trainer, {"realloc/row_purity": purity})
@@ -410,4 +410,5 @@ class Reallocation(L.Callback):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.rounds, self.stopped = state_dict["rounds"], state_dict["stopped"]
         self.history = list(state_dict.get("history", []))
+        self.metrics = dict(self.history[-1]) if self.history else {}  # the last round's, as reported at the end
         self.initialized = state_dict.get("initialized", self.rounds > 0)

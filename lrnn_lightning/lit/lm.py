@@ -14,7 +14,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch import nn
 
 from lrnn_lightning.modules.state import detach_state
-from lrnn_lightning.resume import gather_ranks, to_device, windows_done
+from lrnn_lightning.resume import epoch_cut_short, gather_ranks, to_device, windows_done
 
 TRAIN_STATE_KEY = "lrnn_train_state"  # checkpoint key of the per-rank carried state and partial sums
 LOG_WINDOW_KEY = "lrnn_log_window"  # per rank: [loss sum, steps] since train/loss was last logged
@@ -161,6 +161,10 @@ class LanguageModel(L.LightningModule):
     def on_train_epoch_end(self) -> None:
         loss = self._split_loss("train")
         self.epoch_metrics.update({"train/loss": loss, "train/ppl": math.exp(min(loss, 700))})
+        if epoch_cut_short(self.trainer):
+            # a stop in the middle of the epoch (max_steps, max_time, a signal): the epoch is not over,
+            # its train/ppl is logged once, when the resumed run finishes it
+            return
         self.log("train/ppl", self.epoch_metrics["train/ppl"], sync_dist=True)
         # Lightning keeps its fit loop "restarting" through the whole epoch a run resumed in, and then
         # skips that epoch's scheduler step (ReduceLROnPlateau included: it fears the metrics were
