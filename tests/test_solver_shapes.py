@@ -106,7 +106,6 @@ def test_transport_prices_are_nonnegative_and_price_the_over_wanted_bin():
     idx = np.argsort(cost, axis=1)
     cost = np.take_along_axis(cost, idx, 1)
     u, bound = transport_prices(torch.from_numpy(idx), torch.from_numpy(cost), torch.full((300,), np.inf), 10, 30)
-    u = u.numpy()
     assert (u >= 0).all() and u[0] > 0
     choice = idx[np.arange(300), (cost + u[idx]).argmin(1)]
     assert (choice == 0).sum() <= 31
