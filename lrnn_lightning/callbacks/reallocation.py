@@ -15,6 +15,7 @@ from lrnn_lightning.allocation.solvers import (CHUNK_WORDS, EXACT_MAX_WORDS, Can
                                                candidate_width, poll, solve)
 from lrnn_lightning.allocation.stats import token_counts
 from lrnn_lightning.allocation.table import row_purity
+from lrnn_lightning import resume
 from lrnn_lightning.atomic import atomic_path
 
 log = logging.getLogger(__name__)
@@ -58,10 +59,10 @@ class Reallocation(L.Callback):
     of the best validation loss is reset after it: the jump in loss that follows a move must not
     halve the learning rate.
 
-    A round is interruptible: the solver polls for a stop request (SIGTERM, as Lightning records
-    it, which is also what SLURM sends before a preemption; Ctrl-C raises where it lands) every
-    auction round and every chunk of statistics. When asked, the round ends at once without
-    touching the table and the run stops as a SIGTERM stops it. ``ckpt_path=last`` resumes from
+    A round is interruptible: the solver polls for a stop request (SIGTERM, Ctrl-C and SLURM's
+    requeue signal, as ``lrnn_lightning.resume`` notes them) every auction round and every chunk of
+    statistics. When asked, the round ends at once without touching the table, the job is requeued
+    if that was the request, and the run stops as a SIGTERM stops it. ``ckpt_path=last`` resumes from
     the newest checkpoint, whose summed partial statistics (``every_n_train_steps`` /
     ``train_time_interval`` saves carry them) plus the windows redone give the same integer sums,
     so the redone round makes the table the uninterrupted run made. A checkpoint is not written
@@ -230,6 +231,11 @@ class Reallocation(L.Callback):
         except RoundInterrupted:
             from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+            if resume.stop_requested("requeue"):  # SLURM's requeue signal: the job comes back and resumes
+                for cb in trainer.checkpoint_callbacks:
+                    if hasattr(cb, "_requeue"):
+                        cb._requeue(trainer)
+                        break
             log.warning("reallocation round %d interrupted by a stop request: the table is unchanged; resuming "
                         "(ckpt_path=last) redoes the windows after the newest checkpoint and the round",
                         self.rounds + 1)
@@ -277,8 +283,9 @@ class Reallocation(L.Callback):
         stats.reduce_to_rank0()
         new, info = None, None
 
-        def stop() -> bool:
-            return bool(getattr(trainer, "received_sigterm", False))
+        def stop() -> bool:  # a signal noted since the last step boundary, or Lightning's SIGTERM flag
+            return bool(getattr(trainer, "received_sigterm", False)) or any(
+                resume.stop_requested(reason) for reason in resume.SIGNAL_REASONS)
 
         interrupted = False
         if trainer.is_global_zero:
