@@ -257,3 +257,25 @@ def test_extra_pass_statistics_under_ddp_equal_one_process_on_the_same_data(tmp_
                 nll, state = model.head(model.core, x, y, state)
                 total += float(nll.double().sum())
     assert metrics["realloc/cost_before"] == pytest.approx(total, rel=1e-5)
+
+
+def test_a_chunk_of_one_tier_reads_a_slice_and_equals_the_mixed_path():
+    """Word ids run from frequent to rare, so most chunks hold one tier only: those are read as a
+    slice of that tier (no gather, no select); every chunk equals the rows of the mixed path."""
+    V, R, C = 60, 5, 4
+    stats = LossStatistics(V, R, C, light_max_count=20)
+    counts = np.full(V, 10)
+    counts[:6] = 5_000
+    counts[30] = 5_000  # a heavy word among light ones: chunks around it mix the tiers
+    stats.configure(counts)
+    stats.start("cpu")
+    g = torch.Generator().manual_seed(0)
+    targets = torch.randint(0, V, (4000,), generator=g)
+    stats.add(targets, torch.log_softmax(torch.randn(4000, R, generator=g), 1),
+              torch.log_softmax(torch.randn(4000, C, generator=g), 1))
+    row, col = stats.full()  # the mixed path over every word
+    assert stats.n_heavy == 7
+    for a, b in ((0, 6), (2, 5), (6, 30), (31, 60), (10, 11), (0, 60), (25, 40)):
+        r, c = stats.chunk(a, b)
+        assert torch.equal(r, row[a:b]) and torch.equal(c, col[a:b]), (a, b)
+        assert r.dtype == torch.float64 and r.shape == (b - a, R)

@@ -166,7 +166,8 @@ class CandidateBuilder:
         self.seen = np.zeros(V, dtype=bool)
         self.dense = (np.empty((V, rows)), np.empty((V, cols))) if keep_dense else None
 
-    def add(self, start: int, row_chunk, col_chunk) -> None:
+    def add(self, start: int, row_chunk, col_chunk, owned: bool = False) -> None:
+        """``owned``: the chunks are the caller's to spend (the move bonus is then subtracted in place)."""
         r = torch.as_tensor(row_chunk).to(torch.float64)
         c = torch.as_tensor(col_chunk).to(torch.float64)
         n = r.shape[0]
@@ -180,9 +181,9 @@ class CandidateBuilder:
         plain_min = r.min(1).values + c.min(1).values
         bonus = torch.as_tensor(self.bonus[start:stop], device=r.device)
         if bool((self.bonus[start:stop] != 0).any()):
-            if r.data_ptr() == torch.as_tensor(row_chunk).data_ptr():
+            if not owned and r.data_ptr() == torch.as_tensor(row_chunk).data_ptr():
                 r = r.clone()
-            if c.data_ptr() == torch.as_tensor(col_chunk).data_ptr():
+            if not owned and c.data_ptr() == torch.as_tensor(col_chunk).data_ptr():
                 c = c.clone()
             r[ar, cr] -= bonus
             c[ar, cc] -= bonus

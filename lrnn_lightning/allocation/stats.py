@@ -149,7 +149,18 @@ class LossStatistics:
     def chunk(self, start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor]:
         """``(row[n, R], col[n, C])`` float64 nats of words ``start..stop``, on the statistics' device."""
         device = self.count.device
-        heavy = torch.from_numpy(self._heavy_mask[start:stop]).to(device)
+        mask = self._heavy_mask[start:stop]
+        if not mask.any() or mask.all():
+            # one tier only (word ids run from frequent to rare, so most chunks): its rows are a slice
+            heavy_only = bool(mask.all()) and len(mask) > 0
+            slots = self._heavy_slot if heavy_only else self._light_slot
+            first = int(slots[start]) if stop > start else 0
+            out = []
+            for t in ((self.heavy_row, self.heavy_col) if heavy_only else (self.light_row, self.light_col)):
+                shift = self.heavy_shift if heavy_only else LIGHT_SHIFT
+                out.append(t[first:first + (stop - start)].double().mul_(2.0 ** -shift))
+            return out[0], out[1]
+        heavy = torch.from_numpy(mask).to(device)
         hslot = self._heavy_slot[start:stop].clamp_max(max(self.n_heavy - 1, 0))
         lslot = self._light_slot[start:stop].clamp_max(max(self.vocab_size - self.n_heavy - 1, 0))
         out = []

@@ -330,9 +330,9 @@ class Reallocation(L.Callback):
         for a in range(0, V, CHUNK_WORDS):
             poll(stop)
             row, col = stats.chunk(a, min(V, a + CHUNK_WORDS))
-            builder.add(a, row, col)
             if dump is not None:
                 dump[0][a:a + len(row)], dump[1][a:a + len(row)] = row.cpu().numpy(), col.cpu().numpy()
+            builder.add(a, row, col, owned=True)  # fresh float64 tensors: the bonus goes in place
         counts = stats.count.cpu().numpy()
         stats_bytes = stats.nbytes()
         if dump is not None:
