@@ -12,8 +12,8 @@ import pytest
 from scipy.optimize import linear_sum_assignment
 
 from lrnn_lightning.allocation.costs import SHAPES, random_table, shape_costs
-from lrnn_lightning.allocation.solvers import (CandidateBuilder, reallocate, separable_bound, solve,
-                                               transport_prices)
+from lrnn_lightning.allocation.solvers import (CandidateBuilder, price_dual_bound, reallocate, separable_bound,
+                                               solve, transport_prices)
 
 V = 900  # a 30 x 30 table
 
@@ -28,6 +28,12 @@ def exact(row, col, bonus=None, current=None):
         full -= bonus[:, None] * (same_r.astype(float) + same_c)
     w, c = linear_sum_assignment(full)
     return float(full[w, c].sum())
+
+
+def dense_dual(row, col, price):
+    """The assignment LP's dual at ``price``, with every word's minimum over every cell."""
+    full = (row[:, :, None] + col[:, None, :]).reshape(len(row), -1) + price[None, :]
+    return float(full.min(1).sum() - price.sum())
 
 
 def cost(row, col, cells):
@@ -49,14 +55,24 @@ def test_sparse_is_within_half_a_percent_of_the_exact_optimum_and_its_bounds_are
     assert got <= opt * 1.005, f"{shape}: {got / opt - 1:.4%} above the optimum"
     assert got <= cost(row, col, current) + 1e-6
     tol = 1e-9 * abs(opt)
-    for name in ("dual_bound", "auction_bound", "separable_bound"):
-        if name in info:  # the separable bound runs where the auction's dual leaves a gap
+    names = ("auction_bound", "price_bound", "separable_bound", "mixed_bound")
+    for name in ("dual_bound", *names):
+        if name in info:  # the later bounds are computed where the auction's dual leaves a gap
             assert info[name] <= opt + tol, f"{shape}: {name} {info[name]} above the optimum {opt}"
-    assert info["dual_bound"] == max(info["auction_bound"], info.get("separable_bound", -np.inf))
-    # every certified bound is valid whatever the gap: check the separable one on every shape too
+    assert info["dual_bound"] == max(info.get(name, -np.inf) for name in names)
+    # every certified bound is valid whatever the gap: check them on every shape, at any prices
     b = CandidateBuilder(V, 30, 30, current, width=16)
     b.add(0, row, col)
-    assert separable_bound(b.finish())["bound"] <= opt + tol
+    cand = b.finish()
+    sep = separable_bound(cand)
+    assert sep["bound"] <= opt + tol
+    rng = np.random.default_rng(0)
+    scale = float(np.abs(row).mean())
+    ps = (sep["row_prices"][:, None] + sep["col_prices"][None, :]).reshape(-1)
+    for price in (np.zeros(900), rng.exponential(scale, 900), ps, 0.5 * ps + rng.exponential(scale, 900)):
+        got_bound = price_dual_bound(cand, price)
+        assert got_bound <= opt + tol
+        assert got_bound <= dense_dual(row, col, price) + tol  # a lower bound on the dual it stands for
     assert 0 <= info["gap"] == pytest.approx((info["objective"] - info["dual_bound"]) / info["objective"])
     again, info2 = reallocate(row, col, current, "sparse", return_info=True)
     assert np.array_equal(cells, again) and info2["dual_bound"] == info["dual_bound"]
