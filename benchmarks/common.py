@@ -75,8 +75,9 @@ def draw(name: str, plot: Callable) -> Path | None:
 
 
 def npz_memmap(path) -> dict:
-    """The members of an uncompressed ``.npz`` (``ZIP_STORED``, as ``save_statistics`` writes it)
-    as read-only memory maps: a V x R float64 member at V = 793,471 is 5.6 GB, read a chunk at a time."""
+    """The members of an uncompressed ``.npz`` (``ZIP_STORED``, as ``save_statistics`` writes it),
+    read without loading: 2-D members as ``RowReader`` (a V x R float64 member at V = 793,471 is
+    5.6 GB, read a chunk of rows at a time), the others as read-only memory maps."""
     import struct
     import zipfile
 
@@ -94,6 +95,33 @@ def npz_memmap(path) -> dict:
             version = np.lib.format.read_magic(f)
             read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
             shape, fortran, dtype = read(f)
-            out[info.filename.removesuffix(".npy")] = np.memmap(path, dtype=dtype, mode="r", offset=f.tell(),
-                                                                shape=shape, order="F" if fortran else "C")
+            name = info.filename.removesuffix(".npy")
+            if len(shape) == 2 and not fortran:
+                out[name] = RowReader(path, f.tell(), dtype, shape)
+            else:
+                out[name] = np.memmap(path, dtype=dtype, mode="r", offset=f.tell(), shape=shape,
+                                      order="F" if fortran else "C")
     return out
+
+
+class RowReader:
+    """Rows ``a:b`` of a C-order 2-D array stored at ``offset`` of a file, read on demand (plain reads,
+    not a memory map: the process's resident memory then counts one chunk, not every page read)."""
+
+    def __init__(self, path, offset: int, dtype, shape):
+        import numpy as np
+
+        self.path, self.offset, self.dtype, self.shape = path, offset, np.dtype(dtype), tuple(shape)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, rows: slice):
+        import numpy as np
+
+        a, b, step = rows.indices(self.shape[0])
+        if step != 1:
+            raise IndexError("RowReader reads contiguous row ranges only")
+        width = self.shape[1] * self.dtype.itemsize
+        return np.fromfile(self.path, dtype=self.dtype, count=(b - a) * self.shape[1],
+                           offset=self.offset + a * width).reshape(b - a, self.shape[1])

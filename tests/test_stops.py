@@ -76,7 +76,9 @@ def tensorboard_scalars(run_dir: Path) -> dict:
     events = EventAccumulator(str(run_dir / "tensorboard"))
     events.Reload()
     tags = events.Tags()["scalars"]
-    return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in SCALARS if tag in tags}
+    # by step: the event files of one directory are read in name order, and a resumed run's file can
+    # sort before the first one's (names hold the second and the process id)
+    return {tag: sorted((e.step, e.value) for e in events.Scalars(tag)) for tag in SCALARS if tag in tags}
 
 
 def final_metrics(metrics: dict) -> dict:
