@@ -2,6 +2,7 @@
 
     python benchmarks/onebillion_rehearsal.py [--tokens 50_000_000] [--steps 200] [--workdir DIR]
                                               [--save-statistics DIR]
+    python benchmarks/onebillion_rehearsal.py --table     # the README's table, from the JSON
 
 1. corpus: a One-Billion-Word-shaped corpus from the synthetic language (``onebillion_corpus.py``:
    ~793K words seen >= 3 times, Zipf counts, ~50 M training tokens); reused when present;
@@ -58,13 +59,59 @@ def run(cmd: list[str], log: Path, env: dict, expect_failure: bool = False) -> d
     return out
 
 
+PHASES = {  # (run, event that ends the phase): what happened since the previous event
+    ("run1", "fit_start"): "start, read the cache (fit start)",
+    ("run1", "train_start"): "context-clustered start over the whole corpus (rank 0; rank 1 waits)",
+    ("run1", "epoch_start"): "statistics allocated (epoch start)",
+    ("run1", "checkpoint_save"): "steps + mid-epoch checkpoint with the summed statistics",
+    ("run2", "fit_start"): "resume: start, read the cache",
+    ("run2", "train_start"): "resume: load the checkpoint (memory-mapped), restore the statistics",
+    ("run2", "reallocation_round"): "the other steps and the round (in-place sum onto rank 0, candidates, solve, broadcast)",
+    ("run2", "validation_end"): "validation (20 windows)",
+}
+
+
+def table(result: dict) -> str:
+    """The README's table and round line, from the JSON."""
+    rows = ["| phase | rank 0: seconds / peak RSS in the phase | rank 1 |", "|---|---|---|"]
+    runs = {"run1": "run1_until_mid_epoch_checkpoint", "run2": "run2_resumed_round_validation"}
+    for (run, event), label in PHASES.items():
+        cells = []
+        for rank in ("rank0", "rank1"):
+            ev = result["phases"][runs[run]]["ranks"][rank]["events"]
+            i = next((k for k, e in enumerate(ev) if e["event"] == event), None)
+            if i is None:
+                cells.append("")
+                continue
+            dt = ev[i]["seconds"] - (ev[i - 1]["seconds"] if i else 0.0)
+            cells.append(f"{dt:.0f} s / {ev[i]['phase_peak_mb'] / 1024:.1f} GB")
+        rows.append(f"| {label} | {cells[0]} | {cells[1]} |")
+    m = result["metrics"]
+    ranks = result["phases"][runs["run2"]]["ranks"]
+    same = len({json.dumps({k: v for k, v in e.items() if k.startswith("realloc_") and "seconds" not in k},
+                           sort_keys=True)
+                for r in ranks.values() for e in r["events"] if e["event"] == "reallocation_round"}) == 1
+    rows.append("")
+    rows.append(f"The round took {m['realloc/seconds']:.1f} s ({m['realloc/solve_seconds']:.1f} s of it the solver), "
+                f"moved {m['realloc/moved_words']:,.0f} words, lowered the cost from {m['realloc/cost_before']:,.0f} "
+                f"to {m['realloc/cost_after']:,.0f} nats (every word in its cheapest cell: "
+                f"{m['realloc/lower_bound']:,.0f}; certified gap {100 * m['realloc/gap']:.1f}%); both ranks logged "
+                f"{'the same' if same else 'different'} round metrics. The statistics took "
+                f"{m['realloc/stats_mb']:,.0f} MB per process; val/ppl after the round {m['val/ppl']:.1f}.")
+    return "\n".join(rows)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--tokens", type=int, default=50_000_000)
     ap.add_argument("--steps", type=int, default=200)
     ap.add_argument("--workdir", default=str(ROOT / ".cache" / "onebillion_rehearsal"))
     ap.add_argument("--save-statistics", default=None, help="folder for the round's summed statistics")
+    ap.add_argument("--table", action="store_true", help="print the README's table from the JSON and exit")
     args = ap.parse_args()
+    if args.table:
+        print(table(json.loads((ROOT / "benchmarks" / "results" / "onebillion_rehearsal.json").read_text())))
+        return
     work = Path(args.workdir)
     corpus, cache, run_dir = work / "corpus", work / "cache", work / "run"
     env = {**os.environ, "WANDB_MODE": "offline", "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
