@@ -137,7 +137,12 @@ def main() -> None:
         raise SystemExit(proc.stderr[-3000:])
     result["phases"]["cache"] = json.loads(proc.stdout.strip().splitlines()[-1])
 
-    # 3-4. the two halves of one DDP run
+    # 3-4. the two halves of one DDP run, in a fresh run directory (a checkpoint left by an earlier
+    # rehearsal would make Lightning write last-v1.ckpt beside it, and run 2 resume the old one)
+    import shutil
+
+    shutil.rmtree(run_dir, ignore_errors=True)
+    shutil.rmtree(work / "resources", ignore_errors=True)
     half = args.steps // 2
     base = [sys.executable, "train.py", "data=text_dir", f"data.root={corpus}", "data.min_count=3",
             f"paths.cache_dir={cache}", f"paths.root_dir={work}", "model=lightrnn", "model.embedding_size=32",

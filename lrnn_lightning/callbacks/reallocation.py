@@ -276,8 +276,8 @@ class Reallocation(L.Callback):
     def round(self, trainer, head) -> dict[str, float]:
         """Sum the statistics over ranks (in place, onto rank 0), stream them a chunk of words at a
         time into the solver's candidates (top-k on the statistics' device), solve on rank 0,
-        broadcast the table, free the statistics. A stop request raises ``RoundInterrupted`` on
-        every rank with the table untouched and the statistics kept."""
+        broadcast the table (the statistics are freed once the candidates hold what the solver
+        needs). A stop request raises ``RoundInterrupted`` on every rank with the table untouched."""
         t0 = time.perf_counter()
         stats, table = head.stats, head.table
         stats.reduce_to_rank0()
@@ -335,6 +335,7 @@ class Reallocation(L.Callback):
             builder.add(a, row, col, owned=True)  # fresh float64 tensors: the bonus goes in place
         counts = stats.count.cpu().numpy()
         stats_bytes = stats.nbytes()
+        stats.release()  # the candidates hold what the solver needs: free the V x (R + C) sums first
         if dump is not None:
             self._dump_close(dump, current, counts, bonus)
         cells, solved = solve(builder.finish(), self.method, self.top_k, self.tolerance, stop=stop)
