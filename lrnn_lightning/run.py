@@ -108,7 +108,21 @@ def _leave_distributed(environ: dict[str, str]) -> None:
     os.environ.update(environ)
 
 
+MATMUL_PRECISIONS = ("highest", "high", "medium")
+
+
+def set_matmul_precision(value) -> str:
+    """``torch.set_float32_matmul_precision(value)`` (None: leave it); returns the setting in force."""
+    if value is not None:
+        if value not in MATMUL_PRECISIONS:
+            raise UserError(f"float32_matmul_precision={value!r}: use one of {', '.join(MATMUL_PRECISIONS)} "
+                            "(or null to leave torch's setting)")
+        torch.set_float32_matmul_precision(value)
+    return torch.get_float32_matmul_precision()
+
+
 def _train(cfg: DictConfig) -> dict[str, Any]:
+    set_matmul_precision(cfg.get("float32_matmul_precision"))
     L.seed_everything(cfg.seed, workers=True)
     out = output_dir(cfg)
 

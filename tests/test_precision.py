@@ -1,0 +1,41 @@
+"""float32_matmul_precision: hardware=gpu|ddp|multinode use the tensor cores (high); it is applied
+before the run, recorded with the config, and a bad value is one clear error."""
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from conftest import TINY
+from lrnn_lightning.errors import UserError
+from lrnn_lightning.run import set_matmul_precision, train
+
+
+@pytest.fixture
+def restore_precision():
+    before = torch.get_float32_matmul_precision()
+    yield
+    torch.set_float32_matmul_precision(before)
+
+
+@pytest.mark.parametrize("hardware,expected", [("gpu", "high"), ("ddp", "high"), ("multinode", "high"),
+                                               ("cpu", None), ("ddp_cpu", None)])
+def test_gpu_hardware_configs_choose_tf32(make_cfg, hardware, expected):
+    cfg = make_cfg([f"hardware={hardware}"])
+    assert OmegaConf.to_container(cfg)["float32_matmul_precision"] == expected
+
+
+def test_the_run_applies_the_setting_and_records_it(make_cfg, tmp_path, restore_precision):
+    torch.set_float32_matmul_precision("highest")
+    cfg = make_cfg([*TINY, "trainer.max_epochs=1", "test=false", "logger=csv", "float32_matmul_precision=medium"])
+    train(cfg)
+    assert torch.get_float32_matmul_precision() == "medium"
+    hparams = (tmp_path / "run" / "csv" / "hparams.yaml").read_text()
+    assert "float32_matmul_precision: medium" in hparams
+
+
+def test_null_leaves_torch_alone_and_a_bad_value_says_what_to_use(restore_precision):
+    torch.set_float32_matmul_precision("high")
+    assert set_matmul_precision(None) == "high"
+    with pytest.raises(UserError, match="float32_matmul_precision='tf32': use one of highest, high, medium"):
+        set_matmul_precision("tf32")
+    assert torch.get_float32_matmul_precision() == "high"
