@@ -39,3 +39,21 @@ def test_null_leaves_torch_alone_and_a_bad_value_says_what_to_use(restore_precis
     with pytest.raises(UserError, match="float32_matmul_precision='tf32': use one of highest, high, medium"):
         set_matmul_precision("tf32")
     assert torch.get_float32_matmul_precision() == "high"
+
+
+def test_loaders_pin_their_batches_only_for_a_cuda_trainer_unless_told(make_cfg):
+    """A pageable host-to-device copy waits for the GPU's queue: batches are page-locked when the
+    trainer trains on CUDA (``pin_memory=None``), never on a CPU run, and as told otherwise."""
+    import lightning as L
+    from hydra.utils import instantiate
+
+    cfg = make_cfg(TINY)
+    dm = instantiate(cfg.data)
+    dm.prepare_data()
+    dm.setup("fit")
+    assert dm.pinned() is False  # no trainer yet
+    dm.trainer = L.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False)
+    assert dm.pinned() is False and dm.train_dataloader().pin_memory is False
+    assert dm.val_dataloader().pin_memory is False
+    dm.pin_memory = True
+    assert dm.train_dataloader().pin_memory is True and dm.val_dataloader().pin_memory is True

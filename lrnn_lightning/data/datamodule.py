@@ -108,6 +108,7 @@ class LMDataModule(L.LightningDataModule):
         min_count: int | None = None,
         max_vocab_size: int | None = None,
         num_workers: int = 0,
+        pin_memory: bool | None = None,
     ):
         super().__init__()
         self.corpus = corpus
@@ -117,6 +118,9 @@ class LMDataModule(L.LightningDataModule):
         self.batch_size, self.eval_batch_size, self.bptt = batch_size, eval_batch_size, bptt
         self.min_count, self.max_vocab_size = min_count, max_vocab_size
         self.num_workers = num_workers
+        # page-locked batches: a pageable host-to-device copy waits for the GPU's queue; None: pin when
+        # the trainer trains on a CUDA device
+        self.pin_memory = pin_memory
         self.vocab: Vocabulary | None = None
         self.ids: dict = {}
         self.sizes: dict[str, int] = {}
@@ -161,11 +165,20 @@ class LMDataModule(L.LightningDataModule):
     def _loader(self, split: str) -> DataLoader:
         # batch_size=None: a window already is a batch; order matters (the hidden state is carried)
         return DataLoader(self.windows[split], batch_size=None, shuffle=False, num_workers=self.num_workers,
-                          generator=_private_generator())
+                          generator=_private_generator(), pin_memory=self.pinned())
 
     def train_dataloader(self) -> DataLoader:
         """Resumable mid-epoch: see ``ResumableLoader``."""
-        return ResumableLoader(self.windows["train"], position=self._windows_done, num_workers=self.num_workers)
+        return ResumableLoader(self.windows["train"], position=self._windows_done, num_workers=self.num_workers,
+                               pin_memory=self.pinned())
+
+    def pinned(self) -> bool:
+        """Whether the loaders pin their batches: ``pin_memory`` when given, else whether the trainer
+        this data module belongs to trains on a CUDA device (Lightning then copies them non-blocking)."""
+        if self.pin_memory is not None:
+            return bool(self.pin_memory)
+        trainer = getattr(self, "trainer", None)
+        return trainer is not None and trainer.strategy.root_device.type == "cuda"
 
     def _windows_done(self) -> int:
         return windows_done(self.trainer)
