@@ -518,7 +518,8 @@ class Transport:
 def transport_prices(idx, cost, rest, n_bins: int, capacity: int, iters: int = 60,
                      stop: Callable[[], bool] | None = None) -> tuple[np.ndarray, float]:
     """``(prices, bound)`` after at most ``iters`` steps of ``Transport`` (the best bound seen)."""
-    t = Transport(*(np.asarray(x.numpy() if hasattr(x, "numpy") else x) for x in (idx, cost, rest)), n_bins, capacity)
+    t = Transport(np.asarray(idx), np.asarray(cost, dtype=np.float64), np.asarray(rest, dtype=np.float64), n_bins,
+                  capacity)
     for _ in range(iters):
         poll(stop)
         if not t.step():
@@ -527,8 +528,7 @@ def transport_prices(idx, cost, rest, n_bins: int, capacity: int, iters: int = 6
 
 
 def separable_bound(cand: Candidates, iters: int = 60, stop: Callable[[], bool] | None = None,
-                    target: float = np.inf, patience: int = 4, min_gain: float = 1e-4,
-                    floor: float = -np.inf) -> dict:
+                    target: float = np.inf, patience: int = 4, min_gain: float = 1e-4) -> dict:
     """A certified lower bound from the separability of the cost, ``a[w, i] + b[w, j]``.
 
     Dropping "one word per cell" but keeping each row's capacity ``C`` and each column's capacity
@@ -536,9 +536,8 @@ def separable_bound(cand: Candidates, iters: int = 60, stop: Callable[[], bool] 
     any prices ``u, v >= 0``, ``sum_w [min_i(a + u) + min_j(b + v)] - C sum(u) - R sum(v)`` is a lower
     bound on the optimum, computed here from each word's stored rows/columns and the bound on the
     rest (``Transport``). Both problems step together, at most ``iters`` times; they stop early
-    once the bound reaches ``target``, gained less than ``min_gain`` (relative) over ``patience``
-    steps, or (after ``patience`` steps) cannot reach ``floor`` (a bound already known) at the
-    rate of its last ``patience`` steps. Returns ``{"bound", "row_prices", "col_prices", "steps"}``."""
+    once the bound reaches ``target`` or gained less than ``min_gain`` (relative) over ``patience``
+    steps. Returns ``{"bound", "row_prices", "col_prices", "steps"}``."""
     ts = []
     for idx, cost, n_bins, cap in ((cand.row_idx, cand.row_cost, cand.rows, cand.cols),
                                    (cand.col_idx, cand.col_cost, cand.cols, cand.rows)):
@@ -557,12 +556,8 @@ def separable_bound(cand: Candidates, iters: int = 60, stop: Callable[[], bool] 
         history.append(ts[0].best + ts[1].best)
         if not any(moving) or history[-1] >= target:
             break
-        if len(history) > patience:
-            gain = history[-1] - history[-1 - patience]
-            if gain <= min_gain * abs(history[-1]):
-                break
-            if history[-1] < floor and history[-1] + gain * (iters - steps) / patience < floor:
-                break
+        if len(history) > patience and history[-1] - history[-1 - patience] <= min_gain * abs(history[-1]):
+            break
     return {"bound": ts[0].best + ts[1].best, "row_prices": ts[0].best_u, "col_prices": ts[1].best_u,
             "steps": steps}
 
@@ -600,17 +595,16 @@ def price_dual_bound(cand: Candidates, price: np.ndarray, stop: Callable[[], boo
         inner = (rc[:, :, None] + cc[:, None, :] + pt[cells]).flatten(1).min(1).values
         a_all = (rc + ut[ri]).min(1).values
         b_all = (cc + vt[ci]).min(1).values
+        # a row (column) not stored costs at least its bound plus the smallest row (column) price
+        out_r = torch.from_numpy(cand.row_cost[w, -1]) + u_min if not full_r else None
+        out_c = torch.from_numpy(cand.col_cost[w, -1]) + v_min if not full_c else None
+        a_all = a_all if out_r is None else torch.minimum(a_all, out_r)
+        b_all = b_all if out_c is None else torch.minimum(b_all, out_c)
         best = inner
-        if not full_r:
-            rest_r = torch.from_numpy(cand.row_cost[w, -1])
-            a_all = torch.minimum(a_all, rest_r + u_min)
-        if not full_c:
-            rest_c = torch.from_numpy(cand.col_cost[w, -1])
-            b_all = torch.minimum(b_all, rest_c + v_min)
-        if not full_r:
-            best = torch.minimum(best, rest_r + u_min + b_all)
-        if not full_c:
-            best = torch.minimum(best, a_all + rest_c + v_min)
+        if out_r is not None:
+            best = torch.minimum(best, out_r + b_all)
+        if out_c is not None:
+            best = torch.minimum(best, a_all + out_c)
         cur = torch.from_numpy(cand.current[w])
         best = torch.minimum(best, torch.from_numpy(cand.cur_cost[w]) + pt[cur])
         total += float(best.sum())
@@ -759,7 +753,7 @@ def _tighten(cand: Candidates, info: dict, objective: float, dual: float, auctio
     ``SEPARABLE_TARGET_GAP``: the auction's prices with the exact minimum over the stored rows x
     columns (``price_dual_bound``), the separable bound, and the LP dual along the segment between
     the auction's prices and the separable prices ``u_i + v_j`` (the dual is concave: points of
-    the segment can beat both ends; measured on PTB statistics 4.3% -> 1.2%). Returns the best."""
+    the segment can beat both ends; on PTB statistics the gap went 13.4% -> 1.2%). Returns the best."""
     t0 = time.perf_counter()
     target = objective - SEPARABLE_TARGET_GAP * abs(objective)
     if auction_price is not None:
@@ -822,7 +816,7 @@ def solve(cand: Candidates, method: str = "auto", top_k: int | None = None, tole
                      "max_width": int(res.width.max()), **res.info})
     elif method == "greedy":
         cells = _greedy(cand, min(top_k or 8, cand.width))
-        dual = info["auction_bound"] = float(np.minimum(cand.row_cost[:, 0] + cand.col_cost[:, 0],
+        dual = info["trivial_bound"] = float(np.minimum(cand.row_cost[:, 0] + cand.col_cost[:, 0],
                                                          cand.cur_cost).sum())  # every word in its cheapest cell
     else:
         raise ValueError(f"unknown reallocation method '{method}': use exact, sparse, greedy or auto")

@@ -10,12 +10,12 @@ import lightning as L
 import numpy as np
 import torch
 
+from lrnn_lightning import resume
 from lrnn_lightning.allocation.context import context_table
 from lrnn_lightning.allocation.solvers import (CHUNK_WORDS, EXACT_MAX_WORDS, CandidateBuilder, RoundInterrupted,
                                                candidate_width, poll, solve)
 from lrnn_lightning.allocation.stats import token_counts
 from lrnn_lightning.allocation.table import row_purity
-from lrnn_lightning import resume
 from lrnn_lightning.atomic import atomic_path
 
 log = logging.getLogger(__name__)
