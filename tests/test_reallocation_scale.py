@@ -279,3 +279,31 @@ def test_a_chunk_of_one_tier_reads_a_slice_and_equals_the_mixed_path():
         r, c = stats.chunk(a, b)
         assert torch.equal(r, row[a:b]) and torch.equal(c, col[a:b]), (a, b)
         assert r.dtype == torch.float64 and r.shape == (b - a, R)
+    # the polish reads any words, in any order, one side at a time: the same rows as the chunks
+    words = np.array([59, 0, 30, 7, 30, 5, 31])
+    assert torch.equal(stats.gather(words, 0), row[torch.from_numpy(words)])
+    assert torch.equal(stats.gather(words, 1), col[torch.from_numpy(words)])
+
+
+@pytest.mark.slow
+def test_the_polish_reads_the_statistics_summed_over_two_processes(tmp_path):
+    """``method=sparse`` under 2 gloo processes: rank 0 polishes on the statistics summed over both
+    ranks (read a row or column group at a time), the other rank waits in the broadcast; the
+    round's cost after is the polished table's exact cost, never above the table it started from."""
+    proc = run_script("train.py", *FULL_TABLE, "hardware=ddp_cpu", "trainer.devices=2",
+                      "callbacks.reallocation.method=sparse", "callbacks.reallocation.top_k=2",
+                      "callbacks.reallocation.polish_sweeps=2", f"paths.root_dir={tmp_path}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = json.loads(next((tmp_path / "logs").rglob("metrics.json")).read_text())
+    summed = metrics["train/loss"] * _train_targets(tmp_path, 2, 8)
+    assert metrics["realloc/cost_before"] == pytest.approx(summed, rel=1e-5)
+    assert metrics["realloc/polish_gain"] >= 0
+    assert metrics["realloc/lower_bound"] <= metrics["realloc/cost_after"] <= metrics["realloc/cost_before"]
+    assert metrics["realloc/dual_bound"] <= metrics["realloc/objective"] * (1 + 1e-9)
+
+
+def test_a_negative_polish_sweeps_is_one_clear_error():
+    from lrnn_lightning.callbacks import Reallocation
+
+    with pytest.raises(ValueError, match="polish_sweeps must be >= 0"):
+        Reallocation(polish_sweeps=-1)

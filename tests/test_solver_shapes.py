@@ -12,8 +12,8 @@ import pytest
 from scipy.optimize import linear_sum_assignment
 
 from lrnn_lightning.allocation.costs import SHAPES, random_table, shape_costs
-from lrnn_lightning.allocation.solvers import (CandidateBuilder, price_dual_bound, reallocate, separable_bound,
-                                               solve, transport_prices)
+from lrnn_lightning.allocation.solvers import (CandidateBuilder, RoundInterrupted, _smallest, auction, polish,
+                                               price_dual_bound, reallocate, separable_bound, solve, transport_prices)
 
 V = 900  # a 30 x 30 table
 
@@ -76,6 +76,74 @@ def test_sparse_is_within_half_a_percent_of_the_exact_optimum_and_its_bounds_are
     assert 0 <= info["gap"] == pytest.approx((info["objective"] - info["dual_bound"]) / info["objective"])
     again, info2 = reallocate(row, col, current, "sparse", return_info=True)
     assert np.array_equal(cells, again) and info2["dual_bound"] == info["dual_bound"]
+
+
+def test_polish_reaches_cells_outside_the_candidate_boxes_where_every_word_wants_the_same_rows():
+    """``skewed`` costs (every seen word prefers the same 4 rows and 4 columns) with 2 x 2 boxes:
+    the auction alone cannot spread the words over the rows they must take; the polish re-solves
+    each row over all its columns and each column over all its rows, and cuts the excess over the
+    exact optimum by more than half, at the cost it reports."""
+    n = 4096
+    row, col = shape_costs("skewed", n, seed=0)
+    current = random_table(n, 0)
+    opt = exact(row, col)
+    plain, info0 = reallocate(row, col, current, "sparse", top_k=2, polish_sweeps=0, return_info=True)
+    cells, info = reallocate(row, col, current, "sparse", top_k=2, polish_sweeps=2, return_info=True)
+    before, after = cost(row, col, plain), cost(row, col, cells)
+    assert after == pytest.approx(info["objective"], rel=1e-12)  # the polish's cost is exact, not a bound
+    assert before / opt - 1 > 0.2  # the narrow boxes leave the auction far from the optimum ...
+    assert after / opt - 1 < 0.5 * (before / opt - 1)  # ... which the polish more than halves
+    assert opt * (1 - 1e-9) <= after and info["polish_gain"] > 0 and info["polish_groups"] > 0
+    assert info["dual_bound"] <= opt * (1 + 1e-9)
+    assert len(np.unique(cells)) == n
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_polish_never_raises_the_cost_and_keeps_words_still_on_ties(shape):
+    row, col = shape_costs(shape, V, seed=8)
+    current = random_table(V, 8)
+    bonus = 0.3 * np.maximum(row.mean(1), 1e-3)
+    b = CandidateBuilder(V, 30, 30, current, bonus, width=4)
+    b.add(0, row, col)
+    cand = b.finish()
+    res = auction(cand, k0=2)
+    start = np.where(res.cells >= 0, res.cells, -1)
+    free = np.setdiff1d(np.arange(900), start[start >= 0])
+    start[start < 0] = free[: int((start < 0).sum())]
+    pen = lambda cells: cost(row, col, cells) - float((bonus * (((cells // 30) == (current // 30)).astype(float)
+                                                                 + ((cells % 30) == (current % 30)))).sum())
+    mats = (row, col)
+    cells, per_word, info = polish(cand, start, lambda words, side: mats[side][words], sweeps=3)
+    assert len(np.unique(cells)) == V
+    assert pen(cells) <= pen(start) + 1e-9 * abs(pen(start))
+    assert float(per_word.sum()) == pytest.approx(pen(cells), rel=1e-12)
+    again = polish(cand, cells, lambda words, side: mats[side][words], sweeps=1)[0]
+    moved = again != cells  # a polished table polished again moves only where it is strictly cheaper
+    assert pen(again) <= pen(cells) and (not moved.any() or pen(again) < pen(cells))
+    with pytest.raises(RoundInterrupted):
+        polish(cand, start, lambda words, side: mats[side][words], stop=lambda: True)
+
+
+def test_ties_are_taken_in_index_order_from_the_current_row():
+    """Equal costs (a word never seen has cost 0 everywhere) are ranked by index counted from the
+    word's current row round the table: the same set on every device, and unseen words look at the
+    rows next to their own instead of all wanting rows 0, 1, 2, ..."""
+    import torch
+
+    rng = np.random.default_rng(0)
+    for trial in range(40):
+        m = int(rng.integers(3, 40))
+        k = int(rng.integers(1, m + 1))
+        x = rng.integers(0, 4, size=(6, m)).astype(np.float64)
+        first = rng.integers(0, m, size=6)
+        v, i = _smallest(torch.from_numpy(x.copy()), k, torch.from_numpy(first))
+        for r in range(6):
+            want = sorted(range(m), key=lambda j: (x[r, j], (j - first[r]) % m))[:k]
+            assert i[r].tolist() == want
+            assert np.allclose(v[r].numpy()[:-1], x[r, want][:-1])
+    zero = torch.zeros(3, 50, dtype=torch.float64)
+    _, i = _smallest(zero, 4, torch.tensor([10, 48, 0]))
+    assert i.tolist() == [[10, 11, 12, 13], [48, 49, 0, 1], [0, 1, 2, 3]]
 
 
 @pytest.mark.parametrize("shape", ["contested", "mild"])

@@ -77,7 +77,7 @@ def mild_costs(V: int, seed: int = 0, dtype=np.float32):
 
 
 # ---- cost shapes for the solver benchmarks and tests ---------------------------------------------
-SHAPES = ("zipf", "contested", "flat", "planted", "mild")
+SHAPES = ("zipf", "contested", "flat", "planted", "mild", "skewed")
 
 
 def shape_chunks(shape: str, V: int, seed: int = 0, chunk: int = 20_000, top_count: float = 4e7,
@@ -92,7 +92,13 @@ def shape_chunks(shape: str, V: int, seed: int = 0, chunk: int = 20_000, top_cou
     - ``flat``: early training: every per-occurrence loss within 0.05 nats of ``log R``;
     - ``planted``: a hidden table; each word's planted row and column cost 1.5 nats less than the
       rest (noise 0.5): the optimum is (close to) the planted table;
-    - ``mild``: ``loss_chunks`` with every count 1.
+    - ``mild``: ``loss_chunks`` with every count 1;
+    - ``skewed``: a short first epoch (the One Billion Word rehearsal's statistics look like this):
+      the tokens of V / 6 Zipf (exponent 1.1) draws, so most words are never seen (cost 0
+      everywhere), and a model that has learned little more than its marginals: EVERY word prefers
+      the same 4 rows and 4 columns (by 3 to 1.5 nats), with 0.5 nats of per-word noise. Each of
+      those rows and columns holds one word in ``R``: nearly every seen word ends far outside its
+      cheapest few rows and columns.
     """
     if shape not in SHAPES:
         raise ValueError(f"unknown cost shape '{shape}': use one of {', '.join(SHAPES)}")
@@ -112,6 +118,10 @@ def shape_chunks(shape: str, V: int, seed: int = 0, chunk: int = 20_000, top_cou
         fav_c = rng.integers(0, C, size=(n_cls, 2))
     elif shape == "planted":
         planted = rng.permutation(R * C)[:V]
+    elif shape == "skewed":
+        fav_r, fav_c = rng.choice(R, 4, replace=False), rng.choice(C, 4, replace=False)
+        p = np.arange(1, V + 1, dtype=np.float64) ** -1.1
+        counts = rng.multinomial(max(V // 6, 1), p / p.sum()).astype(np.float64)
     for a in range(0, V, chunk):
         n = min(chunk, V - a)
         if shape == "flat":
@@ -124,6 +134,11 @@ def shape_chunks(shape: str, V: int, seed: int = 0, chunk: int = 20_000, top_cou
             i = np.arange(n)[:, None]
             row[i, fav_r[k]] -= np.array([4.0, 3.0])
             col[i, fav_c[k]] -= np.array([4.0, 3.0])
+        elif shape == "skewed":
+            row = np.log(R) + 0.5 * rng.normal(size=(n, R))
+            col = np.log(C) + 0.5 * rng.normal(size=(n, C))
+            row[:, fav_r] -= np.array([3.0, 2.5, 2.0, 1.5])
+            col[:, fav_c] -= np.array([3.0, 2.5, 2.0, 1.5])
         else:  # planted
             row = np.log(R) + 0.5 * rng.normal(size=(n, R))
             col = np.log(C) + 0.5 * rng.normal(size=(n, C))

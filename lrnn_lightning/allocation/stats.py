@@ -175,6 +175,21 @@ class LossStatistics:
                 out.append(torch.where(heavy[:, None], hv, lv))
         return out[0], out[1]
 
+    def gather(self, words, side: int) -> torch.Tensor:
+        """The ``[n, R]`` (``side`` 0: rows) or ``[n, C]`` (1: columns) float64 nats of ``words`` (any
+        order), on the statistics' device: what the solver's polish re-solves a row or column with."""
+        device = self.count.device
+        w = torch.as_tensor(np.asarray(words, dtype=np.int64), device=device)
+        heavy = torch.from_numpy(self._heavy_mask[np.asarray(words, dtype=np.int64)]).to(device)
+        h, l = (self.heavy_row, self.light_row) if side == 0 else (self.heavy_col, self.light_col)
+        hv = h[self._heavy_slot[w].clamp_max(max(self.n_heavy - 1, 0))].double() * 2.0 ** -self.heavy_shift \
+            if self.n_heavy else None
+        lv = l[self._light_slot[w].clamp_max(max(self.vocab_size - self.n_heavy - 1, 0))].double() * 2.0 ** -LIGHT_SHIFT \
+            if self.n_heavy < self.vocab_size else None
+        if hv is None or lv is None:
+            return lv if hv is None else hv
+        return torch.where(heavy[:, None], hv, lv)
+
     def full(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The whole ``row[V, R]``, ``col[V, C]`` in float64 nats (small vocabularies, tests)."""
         return self.chunk(0, self.vocab_size)

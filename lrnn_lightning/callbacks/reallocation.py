@@ -13,7 +13,7 @@ import torch
 from lrnn_lightning import resume
 from lrnn_lightning.allocation.context import context_table
 from lrnn_lightning.allocation.solvers import (CHUNK_WORDS, EXACT_MAX_WORDS, CandidateBuilder, RoundInterrupted,
-                                               candidate_width, poll, solve)
+                                               candidate_width, default_polish_sweeps, poll, solve)
 from lrnn_lightning.allocation.stats import token_counts
 from lrnn_lightning.allocation.table import row_purity
 from lrnn_lightning.atomic import atomic_path
@@ -74,7 +74,7 @@ class Reallocation(L.Callback):
                  statistics: str = "during", method: str = "auto", top_k: int | None = None,
                  skip_last_epoch: bool = True, initial_table: str = "model", move_penalty: float = 0.0,
                  sample_rows: int = 8, words_per_row: int = 12, tolerance: float | None = None,
-                 save_statistics: str | None = None, context_refine: int = 10):
+                 save_statistics: str | None = None, context_refine: int = 10, polish_sweeps: int | None = None):
         if statistics not in ("during", "extra_pass"):
             raise ValueError("statistics must be 'during' or 'extra_pass'")
         self.every_n_epochs, self.max_rounds = every_n_epochs, max_rounds
@@ -91,6 +91,9 @@ class Reallocation(L.Callback):
         self.move_penalty = move_penalty
         self.sample_rows, self.words_per_row = sample_rows, words_per_row
         self.tolerance, self.save_statistics = tolerance, save_statistics
+        if polish_sweeps is not None and polish_sweeps < 0:
+            raise ValueError(f"polish_sweeps must be >= 0 (0: no polish; null: the solver's default), got {polish_sweeps}")
+        self.polish_sweeps = polish_sweeps
         self._resumed_stats: dict | None = None
         self._keep_started = False
         self.rounds, self.stopped = 0, False
@@ -276,8 +279,8 @@ class Reallocation(L.Callback):
     def round(self, trainer, head) -> dict[str, float]:
         """Sum the statistics over ranks (in place, onto rank 0), stream them a chunk of words at a
         time into the solver's candidates (top-k on the statistics' device), solve on rank 0,
-        broadcast the table (the statistics are freed once the candidates hold what the solver
-        needs). A stop request raises ``RoundInterrupted`` on every rank with the table untouched."""
+        broadcast the table (the statistics are freed once the solver's polish, which re-solves rows
+        and columns on them, is done). A stop request raises ``RoundInterrupted`` on every rank with the table untouched."""
         t0 = time.perf_counter()
         stats, table = head.stats, head.table
         stats.reduce_to_rank0()
@@ -335,16 +338,22 @@ class Reallocation(L.Callback):
             builder.add(a, row, col, owned=True)  # fresh float64 tensors: the bonus goes in place
         counts = stats.count.cpu().numpy()
         stats_bytes = stats.nbytes()
-        stats.release()  # the candidates hold what the solver needs: free the V x (R + C) sums first
         if dump is not None:
             self._dump_close(dump, current, counts, bonus)
-        cells, solved = solve(builder.finish(), self.method, self.top_k, self.tolerance, stop=stop)
+        sweeps = default_polish_sweeps(V) if self.polish_sweeps is None else self.polish_sweeps
+        if sweeps == 0 or dense:  # nothing reads them again: free the V x (R + C) sums before the solve
+            stats.release()
+        # the polish re-solves rows and columns on the full statistics, a group of words at a time
+        cells, solved = solve(builder.finish(), self.method, self.top_k, self.tolerance, stop=stop,
+                              gather=stats.gather if stats.allocated else None, polish_sweeps=sweeps)
+        stats.release()
         del builder
         new = cells
         info = {"realloc/cost_before": solved["cost_before"], "realloc/cost_after": solved["cost_after"],
                 "realloc/lower_bound": solved["lower_bound"], "realloc/dual_bound": solved["dual_bound"],
                 "realloc/gap": solved["gap"], "realloc/objective": solved["objective"],
-                "realloc/solve_seconds": solved["seconds"], "realloc/stats_mb": stats_bytes / 2 ** 20}
+                "realloc/solve_seconds": solved["seconds"], "realloc/stats_mb": stats_bytes / 2 ** 20,
+                "realloc/polish_gain": solved.get("polish_gain", 0.0)}
         return new, info
 
     # ---- the statistics of a round, for solver benchmarks and debugging -------------------------------
