@@ -4,6 +4,7 @@
     python benchmarks/default_run.py --plot-only   # redraw the PNG from the JSON
     python benchmarks/default_run.py --name default_run_constant_rate model.scheduler.final_factor=1.0
         # a variant, written to results/<name>.json and .png
+    python benchmarks/default_run.py --table        # the README's table, from the JSONs (no run)
 
 Writes benchmarks/results/default_run.json and .png: wall time, the run's own training time
 (the sum of its epochs' training phases, from the plain progress lines), CPU seconds, the load
@@ -75,8 +76,37 @@ def curves(stdout: str, log: str) -> dict:
             "row_purity_per_round": purity, "moved_words_per_round": moved}
 
 
+TABLE_RUNS = {"default_run": "`lightrnn` (default)",
+              "default_run_constant_rate": "the same at a constant rate (`model.scheduler.final_factor=1.0`)"}
+
+
+def table() -> str:
+    """The README's table: one row per run in ``TABLE_RUNS`` whose JSON exists."""
+    from common import RESULTS
+
+    out = ["| run | wall time | val/ppl (per epoch) | test/ppl | data/optimal_ppl | val, test ÷ optimal | tokens/s | "
+           "params/embedding |", "|---|---|---|---|---|---|---|---|"]
+    for name, label in TABLE_RUNS.items():
+        path = RESULTS / f"{name}.json"
+        if not path.exists():
+            continue
+        r = json.loads(path.read_text())
+        m = r["metrics"]
+        minutes, seconds = divmod(round(r["wall_seconds"]), 60)
+        curve = [f"{v:.1f}" for v in r["val_ppl_per_epoch"]]
+        curve[-1] = f"**{curve[-1]}**"
+        out.append(f"| {label} | {minutes} min {seconds} s ({r['train_seconds']} s training) | {', '.join(curve)} | "
+                   f"{m['test/ppl']:.1f} | {m['data/optimal_ppl']:.1f} | **{r['val_ppl_over_optimal']:.3f}**, "
+                   f"{r['test_ppl_over_optimal']:.3f} | {m['train/tokens_per_sec'] / 1000:.1f} K | "
+                   f"{m['params/embedding']:,} |")
+    return "\n".join(out)
+
+
 def main() -> None:
     args = sys.argv[1:]
+    if args == ["--table"]:
+        print(table())
+        return
     name = "default_run"
     if args[:1] == ["--name"]:  # a variant of the default run, kept next to it: --name <json name>
         name, args = args[1], args[2:]

@@ -6,6 +6,7 @@
     python benchmarks/lightrnn_quality.py start_purity   # realloc/row_purity of the starting tables, no training
     ... [--only NAME ...]   # rerun some configurations, keep the others from the existing JSON
     ... --plot-only         # redraw lightrnn_quality_<name>.png from the JSON, run nothing
+    python benchmarks/lightrnn_quality.py --table NAME   # the README's table from the JSON, run nothing
 
 Each configuration is one real ``python train.py`` run (same seed, same epochs); the script
 collects their metrics.json into benchmarks/results/lightrnn_quality_<name>.json (and .png).
@@ -144,9 +145,56 @@ def plot(plt, result: dict):
     return fig
 
 
+LABELS = {
+    "lightrnn": "LightRNN, context start, move penalty",
+    "lightrnn_kmeans_start": "LightRNN, k-means-only context start (`context_refine=0`)",
+    "lightrnn_true_classes": "LightRNN, true classes as rows (`initial_table=classes`)",
+    "lightrnn_paper_random_start": "LightRNN, the paper's procedure (random start, plain matching)",
+    "lightrnn_frozen_random_table": "LightRNN, frozen random table",
+    "softmax_lstm": "full-softmax LSTM",
+    "lightsru": "LightSRU (SRU core under the table)",
+}
+PURITY_LABELS = {
+    "random": "random (the paper)",
+    "context_refine_0": "context, k-means only (`context_refine=0`)",
+    "context_refine_1": "context + 1 refinement iteration",
+    "context_refine_3": "context + 3 refinement iterations",
+    "context_refine_10": "context + 10 (`context_refine=10`, the default)",
+    "context_refine_20": "context + 20",
+}
+
+
+def table(which: str) -> str:
+    """The README's table of ``lightrnn_quality_<which>.json`` (``start_purity``: of the starting tables)."""
+    if which == "start_purity":
+        result = json.loads((RESULTS / "lightrnn_start_purity.json").read_text())
+        out = ["| starting table | row purity | seconds |", "|---|---|---|"]
+        for name, r in result["tables"].items():
+            out.append(f"| {PURITY_LABELS.get(name, name)} | {r['row_purity']:.3f} | {r['seconds']:.1f} |")
+        return "\n".join(out)
+    result = json.loads((RESULTS / f"lightrnn_quality_{which}.json").read_text())
+    runs = {name: r for name, r in result["runs"].items() if "metrics" in r}
+    softmax = runs.get("softmax_lstm", {}).get("metrics", {}).get("params/embedding")
+    out = ["| model | val/ppl | test/ppl | words moved per round | params/embedding |", "|---|---|---|---|---|"]
+    for name, r in runs.items():
+        m = r["metrics"]
+        emb = f"{m['params/embedding']:,}"
+        if softmax and name == "softmax_lstm":
+            smallest = min(x["metrics"]["params/embedding"] for x in runs.values())
+            emb += f" ({softmax / smallest:.0f}x)"
+        moved = ", ".join(f"{n:,}" for n in r.get("moved_words_per_round", [])) or "none"
+        if name == "softmax_lstm":
+            moved = ""
+        out.append(f"| {LABELS.get(name, name)} | {m['val/ppl']:.1f} | {m['test/ppl']:.1f} | {moved} | {emb} |")
+    return "\n".join(out)
+
+
 def main() -> None:
     if sys.argv[1:] == ["start_purity"]:
         return start_purity()
+    if sys.argv[1:2] == ["--table"] and len(sys.argv) == 3:
+        print(table(sys.argv[2]))
+        return
     ap = argparse.ArgumentParser()
     ap.add_argument("which", choices=["synthetic", "ptb", "lightsru_synthetic", "lightsru_ptb"])
     ap.add_argument("--ptb", default=str(ROOT.parent / "shared" / "data" / "ptb"))

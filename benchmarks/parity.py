@@ -125,10 +125,11 @@ def main() -> None:
     p.add_argument("--rerun", action="store_true", help="run again what the JSON already holds")
     p.add_argument("--extra", nargs="*", default=[], help="overrides added to every run (e.g. a quick check)")
     p.add_argument("--plot-only", action="store_true")
-    p.add_argument("--table", action="store_true", help="print the README's tables from the JSON, run nothing")
+    p.add_argument("--table", nargs="?", const="all", choices=["all", "ptb", "wikitext2"],
+                   help="print the README's tables (or the one of a stage) from the JSON, run nothing")
     args = p.parse_args()
     if args.table:
-        print(tables())
+        print(tables(("ptb", "wikitext2") if args.table == "all" else (args.table,)))
         return
     if args.plot_only:
         for stage in ("lr", "ptb", "wikitext2"):
@@ -208,19 +209,20 @@ def best_within(curve: list[dict], seconds: float) -> tuple[float, int]:
     return (min(inside) if inside else float("nan")), len(inside)
 
 
-def tables() -> str:
-    """Markdown tables (the README's) from results/parity_*.json."""
+def tables(stages=("ptb", "wikitext2")) -> str:
+    """Markdown tables (the README's) from results/parity_*.json; one title line each when there are several."""
     def load(stage):
         path = RESULTS / f"parity_{stage}.json"
         return json.loads(path.read_text()) if path.exists() else {"runs": {}}
 
     lr_runs, out = load("lr")["runs"], []
     nan = float("nan")
-    for stage in ("ptb", "wikitext2"):
+    for stage in stages:
         result = load(stage)
         runs, budget = result["runs"], result.get("budget_seconds")
         base = runs.get("lstm", {})
-        out.append(f"\n{stage}" + (f" (budget {budget / 60:g} min)" if budget else "") + "\n")
+        if len(stages) > 1:
+            out.append(f"\n{stage}" + (f" (budget {budget / 60:g} min)" if budget else "") + "\n")
         if budget:
             out.append("| model | lr | best val/ppl of the validations ended within the budget (count) | ÷ lstm | "
                        "val/ppl, test/ppl of the best checkpoint at the end | params/embedding | ÷ | train tokens/s |")

@@ -193,8 +193,21 @@ def test_offline_wandb_run_logs_checkpoints_pictures_samples_and_ratio(make_cfg,
     assert config["model/sru_backend"] == "torch" and config["model/sru_backend_per_layer"] == ["torch"]
 
     # pictures in the run dir, and the table's picture logged to W&B
-    for name in ("table_epoch_000.png", "table_epoch_001.png", "realloc_history.png"):
-        assert (run / "plots" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+    from lrnn_lightning.callbacks.dashboard import class_colours
+
+    for name in ("table_epoch_000.png", "table_epoch_001.png"):
+        # a 6.4 x (6.4 + 0.6) inch figure at 100 dpi, showing the colour of every class of the language
+        pixels = png_pixels(run / "plots" / name)
+        assert pixels.shape == (700, 640, 3), name
+        for colour in class_colours(10)[1:11]:
+            assert has_colour(pixels, colour), (name, colour)
+    history_png = png_pixels(run / "plots" / "realloc_history.png")
+    assert history_png.shape == (400, 1000, 3)
+    # cost before and after each round (drawn over it when nothing moved) and the lower bound: lines
+    # across the axes, not only the legend's samples (about 100 pixels each)
+    assert has_colour(history_png, matplotlib_colour("C0"))
+    assert colour_pixels(history_png, matplotlib_colour("C1")) > 250
+    assert colour_pixels(history_png, matplotlib_colour("C2")) > 250
     assert len(list((wb / "files" / "media" / "images" / "table").glob("image_*.png"))) == 2
     history = logged_tables(wb, "realloc", "history")
     assert len(json.loads(history[-1].read_text())["data"]) == 2  # both rounds, accumulated
@@ -216,6 +229,28 @@ def test_offline_wandb_run_logs_checkpoints_pictures_samples_and_ratio(make_cfg,
         assert words and set(words) <= vocab
     samples = logged_tables(wb, "samples", "text")
     assert [row[0] for row in json.loads(samples[-1].read_text())["data"]] == [0, 1]
+
+
+def png_pixels(path: Path) -> np.ndarray:
+    """The decoded RGB pixels ``[H, W, 3]`` (0..1) of a PNG file."""
+    import matplotlib.image
+
+    return matplotlib.image.imread(path)[..., :3]
+
+
+def colour_pixels(pixels: np.ndarray, rgb, tol: float = 1.5 / 255) -> int:
+    """How many pixels have the colour ``rgb`` (to 8-bit rounding)."""
+    return int((np.abs(pixels - np.asarray(rgb, dtype=pixels.dtype)).max(-1) <= tol).sum())
+
+
+def has_colour(pixels: np.ndarray, rgb) -> bool:
+    return colour_pixels(pixels, rgb) > 0
+
+
+def matplotlib_colour(name: str):
+    from matplotlib.colors import to_rgb
+
+    return to_rgb(name)
 
 
 def metrics_vocab(root: Path) -> list[str]:
@@ -260,6 +295,13 @@ def test_benchmark_plots_draw_from_their_committed_json(script, names, tmp_path,
     module = importlib.import_module(script)
     for name in names:
         fig = module.plot(plt, json.loads((ROOT / "benchmarks" / "results" / f"{name}.json").read_text()))
+        width, height = fig.get_size_inches() * fig.dpi
         fig.savefig(tmp_path / f"{name}.png")
         plt.close(fig)
-        assert (tmp_path / f"{name}.png").read_bytes()[:4] == b"\x89PNG"
+        pixels = png_pixels(tmp_path / f"{name}.png")
+        assert pixels.shape == (round(height), round(width), 3), name
+        # something was drawn in the data colours (bars, lines), not only axes and text
+        # the data were drawn in matplotlib's colour cycle (bars, lines): more of it than legend
+        # samples alone (0.15% of the pixels in the quality plots when their bars are empty)
+        data = sum(colour_pixels(pixels, matplotlib_colour(f"C{i}")) for i in range(10))
+        assert data > 0.003 * pixels[..., 0].size, name

@@ -57,3 +57,16 @@ def test_loaders_pin_their_batches_only_for_a_cuda_trainer_unless_told(make_cfg)
     assert dm.val_dataloader().pin_memory is False
     dm.pin_memory = True
     assert dm.train_dataloader().pin_memory is True and dm.val_dataloader().pin_memory is True
+
+
+@pytest.mark.parametrize("cuda,bf16,expected", [(True, True, "bf16-mixed"), (True, False, "16-mixed"),
+                                                (False, False, "16-mixed")])
+def test_gpu_configs_resolve_the_precision_of_the_gpu_that_trains(make_cfg, monkeypatch, cuda, bf16, expected):
+    """``${gpu_precision:}``: bf16 where the GPU computes in it (Ampere and newer), else fp16; resolved
+    when the config is read on the training machine."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: bf16)
+    for hardware in ("gpu", "ddp", "multinode"):
+        cfg = make_cfg([f"hardware={hardware}"])
+        assert cfg.trainer.precision == expected, hardware
+    assert make_cfg(["hardware=cpu"]).trainer.precision == "32-true"

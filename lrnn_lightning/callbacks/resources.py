@@ -12,10 +12,15 @@ from pathlib import Path
 import lightning as L
 
 
+# the peak before the last reset_phase_peak: Linux's ru_maxrss is the high-water mark that the reset
+# lowers, so without it the "peak so far" would fall after every phase
+_peak_before_reset_mb = 0.0
+
+
 def peak_rss_mb() -> float:
-    """This process's peak resident memory so far (MB)."""
+    """This process's peak resident memory so far (MB), phases reset or not."""
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / 2 ** 20 if sys.platform == "darwin" else peak / 1024
+    return max(peak / 2 ** 20 if sys.platform == "darwin" else peak / 1024, _peak_before_reset_mb)
 
 
 def phase_peak_mb() -> float:
@@ -32,6 +37,8 @@ def phase_peak_mb() -> float:
 
 def reset_phase_peak() -> None:
     """Start a new phase: Linux resets ``VmHWM`` to the current RSS when 5 is written to clear_refs."""
+    global _peak_before_reset_mb
+    _peak_before_reset_mb = max(peak_rss_mb(), phase_peak_mb())
     try:
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")
