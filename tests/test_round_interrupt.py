@@ -68,3 +68,38 @@ def test_sigterm_during_a_round_stops_it_and_the_resumed_run_makes_the_same_tabl
     assert not differ, f"weights differ after the redone round: {differ}"
     keys = [k for k in straight if k.startswith(("val/", "realloc/")) and not k.endswith("seconds")]
     assert {k: resumed.get(k) for k in keys} == {k: straight[k] for k in keys}
+
+
+@pytest.mark.slow
+def test_sigterm_to_both_ranks_during_a_ddp_round_and_the_resumed_run_makes_the_same_table(tmp_path):
+    """Two DDP processes, SIGTERM to each as the last batch of epoch 0 starts (SLURM signals every
+    task): rank 0 stops the round (the sparse solver and its polish, on the statistics summed over
+    both ranks), rank 1 learns it from the broadcast, both end as a SIGTERM ends a run, with no new
+    table; ``ckpt_path=last`` redoes the windows after the newest step save and the round, and ends
+    with the weights and table of the uninterrupted DDP run."""
+    import json
+
+    from test_stops import _ranks, final_metrics, load
+
+    ddp = [*SMALL, "hardware=ddp_cpu", "trainer.devices=2", "trainer.num_sanity_val_steps=0",
+           "callbacks.model_checkpoint.every_n_train_steps=4", "callbacks.reallocation.method=sparse",
+           "callbacks.reallocation.top_k=2"]
+    plan = [{"run": "straight", "overrides": ddp},
+            {"run": "run", "overrides": [*ddp, "+callbacks.sigterm._target_=round_helpers.SigtermBeforeRound",
+                                         "+callbacks.sigterm.epoch=0"]},
+            {"run": "run", "overrides": [*ddp, "ckpt_path=last"]}]
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    report = tmp_path / "report.json"
+    codes = _ranks(tmp_path, plan, report, bin_dir)
+    logs = "".join((tmp_path / f"report_rank{r}.log").read_text()[-3000:] for r in (0, 1))
+    assert codes == [0, 0], logs
+    straight, stopped, resumed = json.loads(report.read_text())
+    assert straight["ended"] is None and stopped["ended"] in ("SIGTERMException", "SystemExit"), logs
+    assert "reallocation round 1 interrupted by a stop request" in logs
+    ref, got = (load(tmp_path / run / "checkpoints" / "last.ckpt") for run in ("straight", "run"))
+    assert (got["global_step"], got["epoch"]) == (ref["global_step"], ref["epoch"])
+    for key in ref["state_dict"]:
+        assert torch.equal(ref["state_dict"][key], got["state_dict"][key]), f"{key} differs"
+    assert straight["metrics"]["realloc/round"] == 2 and "realloc/polish_gain" in straight["metrics"]
+    assert final_metrics(resumed["metrics"]) == final_metrics(straight["metrics"])
