@@ -39,9 +39,10 @@ class LanguageModel(L.LightningModule):
     ``lrnn_lightning.resume``).
 
     The training step does no host work beyond the step itself: no ``.item()``, no per-step
-    ``self.log``. ``train/loss`` is the mean loss of the steps since it was last logged, summed on
-    the device and logged (with ``train/lr``) only at the steps Lightning sends to the loggers
-    (``trainer.log_every_n_steps``); that running sum travels through checkpoints too.
+    ``self.log``, no host synchronisation. ``train/loss`` is the mean loss of the steps since it
+    was last logged, summed on the device and read (one sync) and logged (with ``train/lr``) only at
+    the steps Lightning sends to the loggers (``trainer.log_every_n_steps``); that running sum
+    travels through checkpoints too.
     """
 
     def __init__(
@@ -174,8 +175,10 @@ class LanguageModel(L.LightningModule):
         window[0] += loss.detach()
         window[1] += 1
         if is_logging_step(self._trainer):
-            self.log("train/loss", (window[0] / window[1].clamp_min(1)).float(), prog_bar=True)
-            self.log("train/lr", float(self.trainer.optimizers[0].param_groups[0]["lr"]))
+            # host tensors: Lightning turns progress-bar metrics into numbers after EVERY batch, which for a
+            # tensor on the GPU is a sync per step; read here, it is one sync per logging step
+            self.log("train/loss", (window[0] / window[1].clamp_min(1)).float().cpu(), prog_bar=True)
+            self.log("train/lr", torch.tensor(float(self.trainer.optimizers[0].param_groups[0]["lr"])))
             window.zero_()
         return loss
 
