@@ -13,6 +13,8 @@ def test_every_generated_readme_table_matches_its_json():
     readme = (ROOT / "README.md").read_text()
     found = MARK.findall(readme)
     assert found, "no generated table in the README"
+    scripts = {script for script, _, _ in found}
+    assert {"benchmarks/solver_scaling.py", "benchmarks/onebillion_rehearsal.py", "benchmarks/gpu_check.py"} <= scripts
     for script, args, table in found:
         out = subprocess.run([sys.executable, str(ROOT / script), *args.split()], cwd=ROOT, capture_output=True,
                              text=True, timeout=120)
