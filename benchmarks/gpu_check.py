@@ -183,6 +183,7 @@ def throughput(ctx: dict) -> dict:
             except Exception as e:  # noqa: BLE001 - recorded; the other arms and models go on
                 row[f"{arm}_error"] = f"{type(e).__name__}: {e}"[-2000:]
                 failures.append(f"{model}/{arm}")
+            free_device_memory()  # train.py's process must not share the GPU with the plain loop's model
             if row.get("plain_loop") and row.get("train_py"):
                 row["train_py_over_plain_loop"] = row["train_py"] / row["plain_loop"]
             print(f"throughput {model} {arm}: {row.get(arm, row.get(f'{arm}_error'))}", flush=True)
@@ -240,10 +241,17 @@ def plain_loop(model: str, ctx: dict, steps: int) -> dict:
            "ms_per_step": 1000 * seconds / steps, "loss": float(loss), "vocab_size": len(data.vocab)}
     if device.type == "cuda":
         out["peak_memory_gb"] = torch.cuda.max_memory_allocated() / 2 ** 30
-    del net, optimizer, state, loss, data
-    if device.type == "cuda":
+    return out  # the caller frees the GPU memory once this frame (model, optimizer state) is gone
+
+
+def free_device_memory() -> None:
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
         torch.cuda.empty_cache()
-    return out
 
 
 def train_py(model: str, ctx: dict, steps: int, extra: tuple | list = ()) -> dict:
