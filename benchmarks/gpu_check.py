@@ -263,7 +263,10 @@ def train_py(model: str, ctx: dict, steps: int, extra: tuple | list = ()) -> dic
     cmd = [sys.executable, str(ROOT / "train.py"), *overrides(model, p, ctx["device"]), p["hardware"], *extra,
            "logger=csv", "test=false", "trainer.max_epochs=1", f"trainer.limit_train_batches={warmup + steps}",
            "trainer.limit_val_batches=1", "trainer.num_sanity_val_steps=0", f"trainer.log_every_n_steps={warmup}",
-           "trainer.enable_model_summary=false", f"paths.root_dir={ctx['work']}", f"hydra.run.dir={run_dir}"]
+           "trainer.enable_model_summary=false", f"paths.root_dir={ctx['work']}", f"hydra.run.dir={run_dir}",
+           # no checkpoint (lstm's would be 29 GB of weights and Adam state), no table picture, no sample
+           "~callbacks.model_checkpoint", "trainer.enable_checkpointing=false", "callbacks.dashboard.pictures=false",
+           "callbacks.dashboard.sample_words=0"]
     ctx["section"].setdefault("commands", []).append(shown(cmd))
     run(cmd, ctx["remaining"](), ctx["env"], cwd=ctx["work"])
     with open(run_dir / "csv" / "metrics.csv", newline="") as f:
