@@ -53,7 +53,7 @@ def test_sync_debug_mode_catches_a_sync():
         torch.cuda.set_sync_debug_mode("default")
 
 
-@pytest.mark.parametrize("model", ["lightrnn", "lstm"])
+@pytest.mark.parametrize("model", ["lightrnn", "lightsru", "lstm"])
 def test_training_steps_do_not_sync_with_the_host(make_cfg, model):
     """Real steps of the default callbacks on one GPU, bf16 where supported; lightrnn with the
     reallocation statistics accumulating in its first epoch."""
