@@ -315,7 +315,7 @@ def default_run(ctx: dict) -> dict:
     if ctx["device"] == "cuda":
         name, extra = "default_run_gpu", ["logger=csv"]
     else:  # the CPU smoke run: a seconds-long job through the same script
-        name, extra = "gpu_check_default_run_cpu", ["experiment=tiny", "logger=csv"]
+        name, extra = "gpu_check_default_run_cpu", ["experiment=tiny", "logger=csv", "trainer.max_epochs=1"]
     cmd = [sys.executable, str(ROOT / "benchmarks" / "default_run.py"), "--name", name, *extra]
     ctx["section"]["command"] = shown(cmd)
     run(cmd, ctx["remaining"](), ctx["env"])
