@@ -10,7 +10,9 @@ from pathlib import Path
 from typing import Callable
 
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "results"
+# LRNN_RESULTS_DIR: another folder for the JSON and PNG files (gpu_check.py sends the scripts it runs
+# to its own output folder, e.g. a test's temporary one)
+RESULTS = Path(os.environ.get("LRNN_RESULTS_DIR") or ROOT / "benchmarks" / "results")
 
 
 def environment() -> dict:

@@ -65,7 +65,10 @@ class StepTimer(L.Callback):
 def rates(wall: list[float], cpu: list[float], faults: list[int], warmup: int, tokens_per_step: int) -> dict:
     """Tokens per second between the end of step ``warmup`` and the end of the last step."""
     steps = len(wall) - warmup
+    step_ms = sorted(1000 * (b - a) for a, b in zip(wall[warmup - 1:], wall[warmup:]))
     return {"timed_steps": steps, "page_faults_per_step": (faults[-1] - faults[warmup - 1]) / steps,
+            # robust to another process's bursts on a shared machine (and blind to our periodic work)
+            "median_step_ms": step_ms[len(step_ms) // 2], "load_average_1min": os.getloadavg()[0],
             "ms_per_step": 1000 * (wall[-1] - wall[warmup - 1]) / steps,
             "tokens_per_sec": tokens_per_step * steps / (wall[-1] - wall[warmup - 1]),
             "cpu_ms_per_step": 1000 * (cpu[-1] - cpu[warmup - 1]) / steps,
@@ -170,6 +173,7 @@ def main() -> None:
             row["ratio_tokens_per_sec"] = row["ours"]["median_tokens_per_sec"] / row["plain"]["median_tokens_per_sec"]
             row["ratio_tokens_per_cpu_sec"] = (row["ours"]["median_tokens_per_cpu_sec"]
                                                / row["plain"]["median_tokens_per_cpu_sec"])
+            row["ratio_median_step"] = median(runs["plain"], "median_step_ms") / median(runs["ours"], "median_step_ms")
             if "plain_keep_freed_memory" in row:
                 same = row["plain_keep_freed_memory"]
                 row["ratio_to_plain_keep_freed_memory"] = {
@@ -180,7 +184,7 @@ def main() -> None:
                                for arm, fn in (("ours", run_ours), ("plain", run_plain))}
             result["models"][model] = row
             print(f"{model}: ours/plain tokens/s {row['ratio_tokens_per_sec']:.3f} (wall), "
-                  f"{row['ratio_tokens_per_cpu_sec']:.3f} (CPU time); val/ppl ours {row['ours']['val_ppl']:.3f} "
+                  f"{row['ratio_tokens_per_cpu_sec']:.3f} (CPU time), {row['ratio_median_step']:.3f} (median steps); val/ppl ours {row['ours']['val_ppl']:.3f} "
                   f"plain {row['plain']['val_ppl']:.3f}; against the plain loop with the same allocator setting: "
                   f"{row.get('ratio_to_plain_keep_freed_memory')}", flush=True)
     result["load_average_end"] = os.getloadavg()

@@ -20,6 +20,7 @@ EXPECTED = {
     ("benchmarks/parity.py", "--table wikitext2"),
     ("benchmarks/solver_scaling.py", "--table"),
     ("benchmarks/onebillion_rehearsal.py", "--table"),
+    ("benchmarks/gpu_check.py", "--table"),
 }
 
 

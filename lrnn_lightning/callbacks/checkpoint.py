@@ -131,9 +131,14 @@ class MidEpochCheckpoint(ModelCheckpoint):
     def state_key(self) -> str:
         # the key of the plain ModelCheckpoint with the same epoch-end settings: checkpoints written
         # before this class, or with other mid-epoch settings, restore its best-k bookkeeping
-        key = dict(monitor=self.monitor, mode=self.mode, every_n_train_steps=0, every_n_epochs=self._every_n_epochs,
-                   train_time_interval=None)
-        return f"ModelCheckpoint{key!r}"
+        # Lightning reads it at every hook of every step (the profiler's label): built once per setting
+        settings = (self.monitor, self.mode, self._every_n_epochs)
+        cached = self.__dict__.get("_state_key_cache")
+        if cached is None or cached[0] != settings:
+            key = dict(monitor=self.monitor, mode=self.mode, every_n_train_steps=0,
+                       every_n_epochs=self._every_n_epochs, train_time_interval=None)
+            cached = self._state_key_cache = (settings, f"ModelCheckpoint{key!r}")
+        return cached[1]
 
     def on_train_start(self, trainer, pl_module) -> None:
         super().on_train_start(trainer, pl_module)

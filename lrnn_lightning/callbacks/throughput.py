@@ -3,6 +3,7 @@ from __future__ import annotations
 import time
 
 import lightning as L
+import torch
 
 from lrnn_lightning.lit.lm import is_logging_step
 
@@ -47,7 +48,8 @@ class TokensPerSecond(L.Callback):
         self._recent_tokens += tokens
         self._recent_seconds += seconds
         if is_logging_step(trainer) and self._recent_seconds > 0:
-            pl_module.log("train/tokens_per_sec", self._recent_tokens / self._recent_seconds)
+            # a host tensor: a float would be copied to the module's device (a sync) and back
+            pl_module.log("train/tokens_per_sec", torch.tensor(self._recent_tokens / self._recent_seconds))
             self._recent_tokens, self._recent_seconds = 0, 0.0
 
     def on_validation_start(self, trainer, pl_module) -> None:

@@ -39,9 +39,10 @@ class LanguageModel(L.LightningModule):
     ``lrnn_lightning.resume``).
 
     The training step does no host work beyond the step itself: no ``.item()``, no per-step
-    ``self.log``. ``train/loss`` is the mean loss of the steps since it was last logged, summed on
-    the device and logged (with ``train/lr``) only at the steps Lightning sends to the loggers
-    (``trainer.log_every_n_steps``); that running sum travels through checkpoints too.
+    ``self.log``, no host synchronisation. ``train/loss`` is the mean loss of the steps since it
+    was last logged, summed on the device and read (one sync) and logged (with ``train/lr``) only at
+    the steps Lightning sends to the loggers (``trainer.log_every_n_steps``); that running sum
+    travels through checkpoints too.
     """
 
     def __init__(
@@ -52,10 +53,14 @@ class LanguageModel(L.LightningModule):
         optimizer: Callable[..., torch.optim.Optimizer],
         scheduler: Callable[..., Any] | None = None,
         scheduler_monitor: str = "val/loss",
+        compile: bool = False,
+        compile_options: dict | None = None,
         **shared: Any,
     ):
         """``shared``: the model config's top-level sizes (``hidden_size``, ``dropout``, ...) that
-        ``core`` and ``head`` interpolate; recorded as hyperparameters, not used directly."""
+        ``core`` and ``head`` interpolate; recorded as hyperparameters, not used directly.
+        ``compile``: compile the core and the head with ``torch.compile`` (keyword arguments
+        ``compile_options``) when training starts; see ``compile_modules``."""
         super().__init__()
         # plain containers: checkpoints must load with torch.load(weights_only=True)
         shared = {k: OmegaConf.to_container(v, resolve=True) if isinstance(v, DictConfig | ListConfig) else v
@@ -66,6 +71,10 @@ class LanguageModel(L.LightningModule):
         self.vocab_size = vocab_size
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.scheduler_monitor = scheduler_monitor
+        self.use_compile = bool(compile)  # not self.compile: that is nn.Module.compile
+        options = (OmegaConf.to_container(compile_options, resolve=True)
+                   if isinstance(compile_options, DictConfig) else dict(compile_options or {}))
+        self.compile_options = {k: v for k, v in options.items() if v is not None}  # null: torch's default
         self._state: dict[str, Any] = {}
         self._sums: dict[str, torch.Tensor] = {}
         self._log_window: torch.Tensor | None = None  # [loss sum, steps] since train/loss was last logged
@@ -83,6 +92,19 @@ class LanguageModel(L.LightningModule):
             "params/total": sum(p.numel() for p in self.parameters()),
             "params/embedding": sum(p.numel() for p in self.head.parameters()),
         }
+
+    # ---- torch.compile ------------------------------------------------------------------------
+    def setup(self, stage: str) -> None:
+        if self.use_compile and stage == "fit":
+            self.compile_modules()
+
+    def compile_modules(self) -> None:
+        """Compile the core and the head in place (``nn.Module.compile``: the module stays itself, so
+        its ``state_dict`` keys carry no ``_orig_mod.`` prefix and checkpoints of compiled and
+        uncompiled runs are interchangeable). Once per module; evaluation reuses the compiled code."""
+        for module in (self.core, self.head):
+            if getattr(module, "_compiled_call_impl", None) is None:
+                module.compile(**self.compile_options)
 
     # ---- one window ---------------------------------------------------------------------------
     def _window(self, split: str, batch) -> tuple[torch.Tensor, torch.Tensor]:
@@ -153,8 +175,10 @@ class LanguageModel(L.LightningModule):
         window[0] += loss.detach()
         window[1] += 1
         if is_logging_step(self._trainer):
-            self.log("train/loss", (window[0] / window[1].clamp_min(1)).float(), prog_bar=True)
-            self.log("train/lr", float(self.trainer.optimizers[0].param_groups[0]["lr"]))
+            # host tensors: Lightning turns progress-bar metrics into numbers after EVERY batch, which for a
+            # tensor on the GPU is a sync per step; read here, it is one sync per logging step
+            self.log("train/loss", (window[0] / window[1].clamp_min(1)).float().cpu(), prog_bar=True)
+            self.log("train/lr", torch.tensor(float(self.trainer.optimizers[0].param_groups[0]["lr"])))
             window.zero_()
         return loss
 
