@@ -144,6 +144,10 @@ def test_ties_are_taken_in_index_order_from_the_current_row():
     zero = torch.zeros(3, 50, dtype=torch.float64)
     _, i = _smallest(zero, 4, torch.tensor([10, 48, 0]))
     assert i.tolist() == [[10, 11, 12, 13], [48, 49, 0, 1], [0, 1, 2, 3]]
+    sparse = torch.full((1, 50), 5.0, dtype=torch.float64)  # two equal values far from the start
+    sparse[0, 20], sparse[0, 10], sparse[0, 45] = -1.0, 0.0, 0.0
+    _, i = _smallest(sparse, 2, torch.tensor([11]))
+    assert i.tolist() == [[20, 45]]  # 45 comes 34 places after 11, 10 comes 49 places after
 
 
 @pytest.mark.parametrize("shape", ["contested", "mild"])
