@@ -724,6 +724,17 @@ def _complete(cand: Candidates, cells: np.ndarray, exact_max: int = 5_000) -> np
     return cells
 
 
+def _stored(idx: np.ndarray, cost: np.ndarray, slot: np.ndarray) -> np.ndarray:
+    """Each word's stored cost of its ``slot`` (row or column) in ``idx`` / ``cost``; NaN where the
+    slot is not among the stored ones."""
+    out = np.empty(len(slot))
+    for a in range(0, len(slot), CHUNK_WORDS):
+        w = slice(a, min(a + CHUNK_WORDS, len(slot)))
+        hit = idx[w] == slot[w, None]
+        out[w] = np.where(hit.any(1), np.where(hit, cost[w], 0.0).sum(1), np.nan)
+    return out
+
+
 def _penalized_cost(cand: Candidates, cells: np.ndarray) -> np.ndarray:
     """Per-word penalized cost of ``cells``: looked up in the stored rows/columns where possible.
 
@@ -731,17 +742,11 @@ def _penalized_cost(cand: Candidates, cells: np.ndarray) -> np.ndarray:
     one) is charged the word's most expensive row or column: an upper bound, so that the check
     "no worse than the current table" stays safe."""
     C = cand.cols
-    r, c = cells // C, cells % C
-    out = np.empty(len(cells))
-    for a in range(0, len(cells), CHUNK_WORDS):
-        w = np.arange(a, min(a + CHUNK_WORDS, len(cells)))
-        ri, ci = cand.row_idx[w], cand.col_idx[w]
-        hit_r = ri == r[w, None]
-        hit_c = ci == c[w, None]
-        rc = np.where(hit_r.any(1), np.where(hit_r, cand.row_cost[w], 0).sum(1), cand.row_max[w])
-        cc = np.where(hit_c.any(1), np.where(hit_c, cand.col_cost[w], 0).sum(1), cand.col_max[w])
-        out[w] = np.where(cells[w] == cand.current[w], cand.cur_cost[w], rc + cc)
-    return out
+    rc = _stored(cand.row_idx, cand.row_cost, cells // C)
+    cc = _stored(cand.col_idx, cand.col_cost, cells % C)
+    rc = np.where(np.isnan(rc), cand.row_max, rc)
+    cc = np.where(np.isnan(cc), cand.col_max, cc)
+    return np.where(cells == cand.current, cand.cur_cost, rc + cc)
 
 
 def _exact_dense(cand: Candidates) -> np.ndarray:
@@ -806,10 +811,9 @@ POLISH_ALWAYS_UP_TO = 200_000
 POLISH_FROM_GAP = 0.05
 
 
-def default_polish_sweeps(vocab_size: int) -> int:
-    """Sweeps of ``polish``: 2 (a sweep stops the polish early when it gains under 1e-5 relative;
-    at V = 136,912 on count-weighted Zipf costs the second sweep gains a tenth of the first)."""
-    return 2
+# sweeps of ``polish`` (a sweep stops it early when it gains under 1e-5 relative; at V = 136,912 on
+# count-weighted Zipf costs the second sweep gains a tenth of the first)
+POLISH_SWEEPS = 2
 
 
 def polish(cand: Candidates, cells: np.ndarray, gather: Callable, sweeps: int = 1,
@@ -826,31 +830,28 @@ def polish(cand: Candidates, cells: np.ndarray, gather: Callable, sweeps: int = 
     column (1, ``[n, C]``), float64, numpy or torch on any device. Only the words not in their
     cheapest slot move, and the words sitting in one of those words' cheapest slots (among their
     own slots and the group's free ones; on the One Billion Word rehearsal's statistics two sweeps
-    took 2.5 s and reached 0.04% from moving every word of every group, which took 39.6 s);
-    a group whose words all sit in their cheapest slot is skipped; a group's slots change only when its assignment is strictly
-    cheaper, so the cost never rises and ties keep words still. Returns ``(cells, penalized cost per
-    word, info)``; the costs are exact (from the full statistics, not the stored candidates)."""
+    took 2.5 s and reached 0.04% from moving every word of every group, which took 39.6 s); a
+    group whose words all sit in their cheapest slot is skipped; a group's slots change only when
+    its assignment is strictly cheaper, so the cost never rises and ties keep words still. Returns
+    ``(cells, penalized cost per word, info)``; the costs are exact (from the full statistics, not
+    the stored candidates): a sweep re-solves every word whose stored costs cannot give them."""
+    if sweeps < 1:
+        raise ValueError(f"polish needs at least one sweep, got {sweeps}")
     R, C = cand.rows, cand.cols
     V = len(cells)
     cells = cells.copy()
     cur_slot = (cand.current // C, cand.current % C)
     best = (cand.row_idx[:, 0].astype(np.int64), cand.col_idx[:, 0].astype(np.int64))
     # each side's penalized cost per word, exact: from the stored candidates where the slot is stored
+    # (NaN elsewhere, and for the last stored value where not all are stored: it is lowered, a bound)
     part = []
     for side, (idx, cost) in enumerate(((cand.row_idx, cand.row_cost), (cand.col_idx, cand.col_cost))):
-        slot = cells // C if side == 0 else cells % C
-        out = np.full(V, np.nan)
-        exact = idx.shape[1] if idx.shape[1] >= (R if side == 0 else C) else idx.shape[1] - 1  # the last: a bound
-        for a in range(0, V, CHUNK_WORDS):
-            w = slice(a, min(V, a + CHUNK_WORDS))
-            hit = idx[w, :exact] == slot[w, None]
-            cost_w = cost[w, :exact]
-            out[w] = np.where(hit.any(1), np.where(hit, cost_w, 0.0).sum(1), np.nan)
-        part.append(out)
+        exact = idx.shape[1] if idx.shape[1] >= (R if side == 0 else C) else idx.shape[1] - 1
+        part.append(_stored(idx[:, :exact], cost[:, :exact], cells // C if side == 0 else cells % C))
     info = {"polish_gain": 0.0, "polish_groups": 0, "polish_words": 0, "polish_sweeps": 0}
 
     def solve_group(side: int, g: int, words: np.ndarray, happy: np.ndarray) -> float:
-        """Re-solve the words of group ``g`` not in their cheapest slot, over their slots and the free ones."""
+        """Re-solve the words of group ``g`` that are not ``happy``, over their slots and the free ones."""
         n_slots = C if side == 1 else R
         slot_all = cells[words] % C if side == 1 else cells[words] // C
         move = words[~happy]
@@ -899,13 +900,6 @@ def polish(cand: Candidates, cells: np.ndarray, gather: Callable, sweeps: int = 
         total = float(np.nansum(part[0]) + np.nansum(part[1]))
         if gain <= min_gain * abs(total):
             break
-    for side in (0, 1):  # a word left in a slot its candidates do not store (none after a full sweep)
-        left = np.flatnonzero(np.isnan(part[side]))
-        if left.size:
-            full = np.array(_np(gather(left, side)), dtype=np.float64)
-            full[np.arange(left.size), cur_slot[side][left]] -= cand.bonus[left]
-            slot = cells[left] // C if side == 0 else cells[left] % C
-            part[side][left] = full[np.arange(left.size), slot]
     return cells, part[0] + part[1], info
 
 
@@ -942,7 +936,7 @@ def _tighten(cand: Candidates, info: dict, objective: float, dual: float, auctio
 
 def solve(cand: Candidates, method: str = "auto", top_k: int | None = None, tolerance: float | None = None,
           max_rounds: int = 20_000, stop: Callable[[], bool] | None = None, gather: Callable | None = None,
-          polish_sweeps: int | None = None) -> tuple[np.ndarray, dict]:
+          polish_sweeps: int = POLISH_SWEEPS) -> tuple[np.ndarray, dict]:
     """``(cells[V], info)`` for candidates ``cand``: see the module doc for the methods.
 
     ``info``: ``objective`` (penalized cost of the result), ``objective_current`` (of the current
@@ -1000,7 +994,6 @@ def solve(cand: Candidates, method: str = "auto", top_k: int | None = None, tole
         dual = objective
     elif (objective - dual) > SEPARABLE_FROM_GAP * abs(objective):
         dual = _tighten(cand, info, objective, dual, auction_price, stop)
-    polish_sweeps = default_polish_sweeps(V) if polish_sweeps is None else polish_sweeps
     wanted = V <= POLISH_ALWAYS_UP_TO or (objective - dual) > POLISH_FROM_GAP * abs(objective)
     if gather is not None and polish_sweeps > 0 and method != "exact" and wanted:
         poll(stop)
@@ -1020,7 +1013,7 @@ def solve(cand: Candidates, method: str = "auto", top_k: int | None = None, tole
 
 def reallocate(row_loss, col_loss, current, method: str = "auto", top_k: int | None = None,
                bonus=None, return_info: bool = False, tolerance: float | None = None,
-               stop: Callable[[], bool] | None = None, polish_sweeps: int | None = None):
+               stop: Callable[[], bool] | None = None, polish_sweeps: int = POLISH_SWEEPS):
     """New cell (``row * C + col``) of every word: a permutation into the ``R*C >= V`` cells.
 
     ``method``: ``exact``, ``sparse``, ``greedy`` or ``auto`` (exact up to a few thousand words,
@@ -1029,8 +1022,7 @@ def reallocate(row_loss, col_loss, current, method: str = "auto", top_k: int | N
     each word's cost of its current row and again of its current column (the move penalty).
     ``return_info``: also return the dict of ``solve``. ``stop``: polled every auction round; when
     it returns True the round ends with ``RoundInterrupted`` and no table. ``polish_sweeps``: sweeps of
-    exact row / column re-solves on the full costs after the auction (``polish``; 0: none; default
-    ``default_polish_sweeps``).
+    exact row / column re-solves on the full costs after the auction (``polish``; 0: none).
     """
     row_loss, col_loss = _np(row_loss), _np(col_loss)
     V, R = row_loss.shape

@@ -148,7 +148,6 @@ class LossStatistics:
     # ---- reading ---------------------------------------------------------------------------------------
     def chunk(self, start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor]:
         """``(row[n, R], col[n, C])`` float64 nats of words ``start..stop``, on the statistics' device."""
-        device = self.count.device
         mask = self._heavy_mask[start:stop]
         if not mask.any() or mask.all():
             # one tier only (word ids run from frequent to rare, so most chunks): its rows are a slice
@@ -160,32 +159,22 @@ class LossStatistics:
                 shift = self.heavy_shift if heavy_only else LIGHT_SHIFT
                 out.append(t[first:first + (stop - start)].double().mul_(2.0 ** -shift))
             return out[0], out[1]
-        heavy = torch.from_numpy(mask).to(device)
-        hslot = self._heavy_slot[start:stop].clamp_max(max(self.n_heavy - 1, 0))
-        lslot = self._light_slot[start:stop].clamp_max(max(self.vocab_size - self.n_heavy - 1, 0))
-        out = []
-        for h, l in ((self.heavy_row, self.light_row), (self.heavy_col, self.light_col)):
-            hv = h[hslot].double() * 2.0 ** -self.heavy_shift if self.n_heavy else None
-            lv = l[lslot].double() * 2.0 ** -LIGHT_SHIFT if self.n_heavy < self.vocab_size else None
-            if hv is None:
-                out.append(lv)
-            elif lv is None:
-                out.append(hv)
-            else:
-                out.append(torch.where(heavy[:, None], hv, lv))
-        return out[0], out[1]
+        words = np.arange(start, stop)
+        return self.gather(words, 0), self.gather(words, 1)
 
     def gather(self, words, side: int) -> torch.Tensor:
         """The ``[n, R]`` (``side`` 0: rows) or ``[n, C]`` (1: columns) float64 nats of ``words`` (any
         order), on the statistics' device: what the solver's polish re-solves a row or column with."""
         device = self.count.device
-        w = torch.as_tensor(np.asarray(words, dtype=np.int64), device=device)
-        heavy = torch.from_numpy(self._heavy_mask[np.asarray(words, dtype=np.int64)]).to(device)
+        words = np.asarray(words, dtype=np.int64)
+        w = torch.as_tensor(words, device=device)
+        heavy = torch.from_numpy(self._heavy_mask[words]).to(device)
         h, l = (self.heavy_row, self.light_row) if side == 0 else (self.heavy_col, self.light_col)
-        hv = h[self._heavy_slot[w].clamp_max(max(self.n_heavy - 1, 0))].double() * 2.0 ** -self.heavy_shift \
-            if self.n_heavy else None
-        lv = l[self._light_slot[w].clamp_max(max(self.vocab_size - self.n_heavy - 1, 0))].double() * 2.0 ** -LIGHT_SHIFT \
-            if self.n_heavy < self.vocab_size else None
+        hv = lv = None
+        if self.n_heavy:
+            hv = h[self._heavy_slot[w].clamp_max(self.n_heavy - 1)].double() * 2.0 ** -self.heavy_shift
+        if self.n_heavy < self.vocab_size:
+            lv = l[self._light_slot[w].clamp_max(self.vocab_size - self.n_heavy - 1)].double() * 2.0 ** -LIGHT_SHIFT
         if hv is None or lv is None:
             return lv if hv is None else hv
         return torch.where(heavy[:, None], hv, lv)

@@ -12,8 +12,8 @@ import torch
 
 from lrnn_lightning import resume
 from lrnn_lightning.allocation.context import context_table
-from lrnn_lightning.allocation.solvers import (CHUNK_WORDS, EXACT_MAX_WORDS, CandidateBuilder, RoundInterrupted,
-                                               candidate_width, default_polish_sweeps, poll, solve)
+from lrnn_lightning.allocation.solvers import (CHUNK_WORDS, EXACT_MAX_WORDS, POLISH_SWEEPS, CandidateBuilder,
+                                               RoundInterrupted, candidate_width, poll, solve)
 from lrnn_lightning.allocation.stats import token_counts
 from lrnn_lightning.allocation.table import row_purity
 from lrnn_lightning.atomic import atomic_path
@@ -92,7 +92,8 @@ class Reallocation(L.Callback):
         self.sample_rows, self.words_per_row = sample_rows, words_per_row
         self.tolerance, self.save_statistics = tolerance, save_statistics
         if polish_sweeps is not None and polish_sweeps < 0:
-            raise ValueError(f"polish_sweeps must be >= 0 (0: no polish; null: the solver's default), got {polish_sweeps}")
+            raise ValueError(f"polish_sweeps must be >= 0 (0: no polish; null: the solver's default), "
+                             f"got {polish_sweeps}")
         self.polish_sweeps = polish_sweeps
         self._resumed_stats: dict | None = None
         self._keep_started = False
@@ -340,7 +341,7 @@ class Reallocation(L.Callback):
         stats_bytes = stats.nbytes()
         if dump is not None:
             self._dump_close(dump, current, counts, bonus)
-        sweeps = default_polish_sweeps(V) if self.polish_sweeps is None else self.polish_sweeps
+        sweeps = POLISH_SWEEPS if self.polish_sweeps is None else self.polish_sweeps
         if sweeps == 0 or dense:  # nothing reads them again: free the V x (R + C) sums before the solve
             stats.release()
         # the polish re-solves rows and columns on the full statistics, a group of words at a time
