@@ -44,7 +44,7 @@ import json, resource, sys, time
 import numpy as np
 import torch
 from lrnn_lightning.allocation.costs import loss_chunks, random_table, shape_chunks, zipf_counts
-from lrnn_lightning.allocation.solvers import CHUNK_WORDS, CandidateBuilder, allocation_cost, candidate_width, reallocate, solve
+from lrnn_lightning.allocation.solvers import CHUNK_WORDS, POLISH_SWEEPS, CandidateBuilder, allocation_cost, candidate_width, reallocate, solve
 from lrnn_lightning.allocation.table import table_shape
 
 spec = json.loads(sys.argv[1])
@@ -106,7 +106,7 @@ if mode == "streamed":
     elif polish:
         gather = lambda words, side: keep[side][torch.as_tensor(words, device=device)].double()
     t1 = time.perf_counter()
-    cells, info = solve(cand, method, gather=gather, polish_sweeps=None if polish else 0)
+    cells, info = solve(cand, method, gather=gather, polish_sweeps=POLISH_SWEEPS if polish else 0)
     out["solve_seconds"] = time.perf_counter() - t1
     out["round_seconds"] = build + out["solve_seconds"]  # what a round spends after its statistics are summed
 else:
