@@ -77,7 +77,7 @@ def mild_costs(V: int, seed: int = 0, dtype=np.float32):
 
 
 # ---- cost shapes for the solver benchmarks and tests ---------------------------------------------
-SHAPES = ("zipf", "contested", "flat", "planted", "mild", "skewed")
+SHAPES = ("zipf", "contested", "flat", "planted", "mild", "skewed", "profile")
 
 
 def shape_chunks(shape: str, V: int, seed: int = 0, chunk: int = 20_000, top_count: float = 4e7,
@@ -99,6 +99,11 @@ def shape_chunks(shape: str, V: int, seed: int = 0, chunk: int = 20_000, top_cou
       the same 4 rows and 4 columns (by 3 to 1.5 nats), with 0.5 nats of per-word noise. Each of
       those rows and columns holds one word in ``R``: nearly every seen word ends far outside its
       cheapest few rows and columns.
+    - ``profile``: the same short epoch, from a model that predicts its marginals: every row costs
+      ``-log p`` per occurrence with ``p`` Zipf over the rows (exponent 1, rows in random order;
+      columns alike), plus per-occurrence noise (0.8 nats, summed: ``sqrt(count)`` times that). The
+      seen words share one smooth profile over every row and column, as on the One Billion Word
+      rehearsal's statistics (``solvers.profile_route``).
     """
     if shape not in SHAPES:
         raise ValueError(f"unknown cost shape '{shape}': use one of {', '.join(SHAPES)}")
@@ -122,6 +127,12 @@ def shape_chunks(shape: str, V: int, seed: int = 0, chunk: int = 20_000, top_cou
         fav_r, fav_c = rng.choice(R, 4, replace=False), rng.choice(C, 4, replace=False)
         p = np.arange(1, V + 1, dtype=np.float64) ** -1.1
         counts = rng.multinomial(max(V // 6, 1), p / p.sum()).astype(np.float64)
+    elif shape == "profile":
+        p = np.arange(1, V + 1, dtype=np.float64) ** -1.1
+        counts = rng.multinomial(max(V // 6, 1), p / p.sum()).astype(np.float64)
+        marg_r, marg_c = 1.0 / np.arange(1, R + 1), 1.0 / np.arange(1, C + 1)
+        prof_r = -np.log(marg_r / marg_r.sum())[rng.permutation(R)]
+        prof_c = -np.log(marg_c / marg_c.sum())[rng.permutation(C)]
     for a in range(0, V, chunk):
         n = min(chunk, V - a)
         if shape == "flat":
@@ -139,6 +150,12 @@ def shape_chunks(shape: str, V: int, seed: int = 0, chunk: int = 20_000, top_cou
             col = np.log(C) + 0.5 * rng.normal(size=(n, C))
             row[:, fav_r] -= np.array([3.0, 2.5, 2.0, 1.5])
             col[:, fav_c] -= np.array([3.0, 2.5, 2.0, 1.5])
+        elif shape == "profile":
+            w = counts[a:a + n, None]
+            row = w * prof_r + 0.8 * np.sqrt(w) * rng.normal(size=(n, R))
+            col = w * prof_c + 0.8 * np.sqrt(w) * rng.normal(size=(n, C))
+            yield a, np.maximum(row, 0.0), np.maximum(col, 0.0)
+            continue
         else:  # planted
             row = np.log(R) + 0.5 * rng.normal(size=(n, R))
             col = np.log(C) + 0.5 * rng.normal(size=(n, C))

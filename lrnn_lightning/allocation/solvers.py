@@ -115,6 +115,9 @@ class Candidates:
     row_max: np.ndarray          # float64 [V]: the word's most expensive row (an upper bound)
     col_max: np.ndarray
     dense: tuple | None = None   # (row, col) float64 penalized, kept for small problems (exact)
+    # (row_sum[R], col_sum[C], total[V]): the plain costs summed over words, and over each word's rows
+    # and columns: the profile every word's costs share early in training (``profile_route``)
+    profile: tuple | None = None
 
     @property
     def vocab_size(self) -> int:
@@ -167,6 +170,7 @@ class CandidateBuilder:
         self.col_max = np.empty(V)
         self.seen = np.zeros(V, dtype=bool)
         self.dense = (np.empty((V, rows)), np.empty((V, cols))) if keep_dense else None
+        self.row_sum, self.col_sum, self.total = np.zeros(rows), np.zeros(cols), np.zeros(V)
 
     def add(self, start: int, row_chunk, col_chunk, owned: bool = False) -> None:
         """``owned``: the chunks are the caller's to spend (the move bonus is then subtracted in place)."""
@@ -181,6 +185,9 @@ class CandidateBuilder:
         ar = torch.arange(n, device=r.device)
         plain_cur = r[ar, cr] + c[ar, cc]
         plain_min = r.min(1).values + c.min(1).values
+        self.row_sum += r.sum(0).cpu().numpy()
+        self.col_sum += c.sum(0).cpu().numpy()
+        self.total[start:stop] = (r.sum(1) + c.sum(1)).cpu().numpy()
         bonus = torch.as_tensor(self.bonus[start:stop], device=r.device)
         if bool((self.bonus[start:stop] != 0).any()):
             if not owned and r.data_ptr() == torch.as_tensor(row_chunk).data_ptr():
@@ -207,7 +214,7 @@ class CandidateBuilder:
             raise ValueError(f"{int((~self.seen).sum())} words were never added to the candidate builder")
         return Candidates(self.R, self.C, self.current, self.bonus, self.row_idx, self.row_cost, self.col_idx,
                           self.col_cost, self.cur_cost, self.plain_cur, self.plain_min, self.row_max, self.col_max,
-                          self.dense)
+                          self.dense, (self.row_sum, self.col_sum, self.total))
 
 
 def _smallest(x: torch.Tensor, k: int, first: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -341,7 +348,8 @@ class AuctionResult:
 def auction(cand: Candidates, k0: int = 8, tolerance: float = 1e-3,
             max_rounds: int = 20_000, max_bids_per_word: int = 400, tail: float = 5e-3,
             widen_budget: float = 2.0, tail_bids_per_word: int = 20, grow: float = 2.0,
-            stop: Callable[[], bool] | None = None) -> AuctionResult:
+            stop: Callable[[], bool] | None = None, lists: tuple | None = None,
+            price0: np.ndarray | None = None) -> AuctionResult:
     """Forward auction (Jacobi bidding, float64 prices from zero) over widening candidate boxes.
 
     Word ``w`` bids with ``eps_w = tolerance * max(plain_min[w], floor)``: its own scale, so frequent and
@@ -360,12 +368,16 @@ def auction(cand: Candidates, k0: int = 8, tolerance: float = 1e-3,
     per link, not one round), for at most ``tail_bids_per_word`` bids each (plus 20,000); whoever is
     still bidding after that is completed by ``solve`` with an exact assignment among the free
     cells (the dual bound stays certified).
+
+    ``lists``: ``(cells[V, K], cost[V, K])``, every word's candidate cells given explicitly (cost
+    ``+inf`` for a slot to skip) instead of boxes; no box widens then. ``price0``: the starting prices
+    (zero by default; an auction may start from any prices >= 0).
     """
     V, n_cells = cand.vocab_size, cand.rows * cand.cols
     scale = np.maximum(cand.plain_min, 0.0)
     floor = max(float(scale.mean()) * 1e-3, 1e-9)
     scale = np.maximum(scale, floor)
-    price = np.zeros(n_cells)
+    price = np.zeros(n_cells) if price0 is None else np.array(price0, dtype=np.float64)
     owner = np.full(n_cells, -1, np.int64)
     assigned = np.full(V, -1, np.int64)
     width = np.full(V, min(k0, cand.width), np.int64)
@@ -498,7 +510,16 @@ def auction(cand: Candidates, k0: int = 8, tolerance: float = 1e-3,
                 queue.append(prev)
         return np.sort(np.asarray(queue, dtype=np.int64))
 
-    add_to_group(widths[0], np.arange(V))
+    if lists is None:
+        add_to_group(widths[0], np.arange(V))
+    else:
+        cells, cost = lists
+        k = cells.shape[1]
+        widths[:] = [k]
+        groups[k] = _Group(k, np.arange(V), np.ascontiguousarray(cells, dtype=np.int32),
+                           np.ascontiguousarray(cost, dtype=np.float32), np.full(V, np.inf), V)
+        pos[:] = np.arange(V)
+        width[:] = k
     eps = tolerance * scale
     todo = run(eps, np.arange(V))
     if todo.size:  # the tail: one bidder at a time, within a bounded number of bids
@@ -903,6 +924,208 @@ def polish(cand: Candidates, cells: np.ndarray, gather: Callable, sweeps: int = 
     return cells, part[0] + part[1], info
 
 
+# ---- profile prices: early in training every word's costs follow one shared profile ---------------
+# The profile route runs where the certified gap after the auction and the polish is above this.
+PROFILE_FROM_GAP = 0.05
+# word x priced-cell sums one pass of the profile bound may take (35,395 words x 35,395 cells on
+# the One Billion Word rehearsal's statistics: about 4 s on 2 cores); fewer priced cells beyond
+PROFILE_BUDGET = 1_500_000_000
+# the share of the profile's own dual the starting prices take (on the One Billion Word rehearsal's
+# statistics the bound is flat between 0.5 and 0.6 and falls on both sides: 0.3 -> 804K, 0.55 -> 810K,
+# 0.9 -> 803K nats)
+PROFILE_WEIGHT = 0.6
+PROFILE_LIST = 64   # cells per word from the priced ones, cheapest first after the prices
+PROFILE_BOX = 8     # and its own cheapest rows x columns
+
+
+@dataclass
+class ProfilePrices:
+    """Prices on the ``K`` cells of lowest profile score ``s[i, j] = l[i] + m[j]``: ``cells[K]`` in
+    rising score, ``price[K]``; each row's priced cells are the first ``prefix[i]`` of ``col_order``
+    (the columns by rising ``m``), so every cell left out costs its plain cost."""
+
+    cells: np.ndarray
+    price: np.ndarray
+    col_order: np.ndarray
+    prefix: np.ndarray
+
+    def by_row(self, price: np.ndarray, cols: int) -> np.ndarray:
+        """``price[K]`` laid out as ``[R, max(prefix)]``: row ``i``'s priced cells in ``col_order``."""
+        rank = np.empty(cols, np.int64)
+        rank[self.col_order] = np.arange(cols)
+        out = np.zeros((len(self.prefix), max(int(self.prefix.max(initial=0)), 1)))
+        out[self.cells // cols, rank[self.cells % cols]] = price
+        return out
+
+
+def profile_prices(cand: Candidates, max_cells: int, weight: float = PROFILE_WEIGHT) -> ProfilePrices | None:
+    """The assignment's exact dual where every word's cost is a multiple of one profile, scaled.
+
+    With ``cost(w, (i, j)) = n_w * s[i, j]`` the optimum gives the ``k``-th largest ``n`` the cell of
+    ``k``-th lowest score, and the prices ``p_k = sum_{m >= k} n_m (s_{m+1} - s_m)`` make it exact.
+    Here ``n_w`` is the word's summed cost (its row and column costs added) and ``s`` the summed costs
+    of every word per row plus per column over their total: the best rank-one fit in that sense.
+    Only the ``max_cells`` cells of lowest score get a price (the others 0, still a valid dual);
+    ``weight`` scales them (the words' own deviations from the profile make the full price too
+    high). None when no word has a cost."""
+    row_sum, col_sum, total = cand.profile
+    R, C = cand.rows, cand.cols
+    n = np.maximum(total, 0.0)
+    N = float(n.sum())
+    K = min(int(max_cells), int((n > 0).sum()), R * C - 1)
+    if N <= 0 or K < 1:
+        return None
+    m = col_sum / N
+    col_order = np.argsort(m, kind="stable")
+    rank = np.empty(C, np.int64)
+    rank[col_order] = np.arange(C)
+    score = ((row_sum / N)[:, None] + m[None, :]).reshape(-1)
+    # by score, then by the column's rank: each row's priced cells are a prefix of ``col_order``
+    order = np.lexsort((np.tile(rank, R), score))[:K + 1]
+    steps = np.diff(score[order])
+    scale = -np.sort(-n)[:K]
+    price = weight * np.cumsum((scale * steps)[::-1])[::-1]
+    cells = order[:K]
+    return ProfilePrices(cells, price, col_order, np.bincount(cells // C, minlength=R))
+
+
+def _profile_pass(cand: Candidates, gather: Callable, words: np.ndarray, pp: ProfilePrices, price: np.ndarray,
+                  keep: int = 0, stop: Callable[[], bool] | None = None, budget: int = 1 << 25):
+    """One pass over ``words``' full statistics with cell prices ``price[K]`` on ``pp.cells`` (0
+    elsewhere): each word's minimum over EVERY cell of penalized cost plus price, lowered by the
+    float32 rounding it could carry (a certified part of the dual); with ``keep``, also its ``keep``
+    cheapest priced cells after the prices, and their exact penalized costs. The priced cells are
+    summed a row at a time from contiguous column ranges; the others through each word's suffix
+    minima of its columns in ``col_order`` (row ``i``'s unpriced columns are those from ``prefix[i]``)."""
+    R, C = cand.rows, cand.cols
+    by_row = pp.by_row(price, C)
+    rows = np.flatnonzero(pp.prefix)
+    K = int(pp.prefix.sum())
+    # the priced cells in the order the pass lays them out: row by row, each in ``col_order``
+    layout = np.concatenate([i * C + pp.col_order[:pp.prefix[i]] for i in rows]) if K else np.zeros(0, np.int64)
+    low = np.empty(len(words))
+    kept = (np.empty((len(words), keep), np.int64), np.empty((len(words), keep))) if keep else None
+    chunk = max(16, min(4096, budget // max(K, 1)))
+    price_max = float(price.max(initial=0.0))
+    for a in range(0, len(words), chunk):
+        poll(stop)
+        w = words[a:a + chunk]
+        rt = torch.as_tensor(gather(w, 0)).to(torch.float64)
+        ct = torch.as_tensor(gather(w, 1)).to(torch.float64)
+        dev = rt.device
+        n = len(w)
+        ar = torch.arange(n, device=dev)
+        cur = torch.as_tensor(cand.current[w], device=dev)
+        bonus = torch.as_tensor(cand.bonus[w], device=dev)
+        rt[ar, cur // C] -= bonus
+        ct[ar, cur % C] -= bonus
+        slack = 4 * 2.0 ** -24 * (rt.abs().amax(1) + ct.abs().amax(1) + price_max)
+        rf = rt.float()
+        cs = ct[:, torch.as_tensor(pp.col_order, device=dev)].float()
+        suffix = torch.flip(torch.cummin(torch.flip(cs, [1]), 1).values, [1])
+        suffix = torch.cat([suffix, torch.full((n, 1), float("inf"), device=dev)], 1)
+        best = (rf + suffix[:, torch.as_tensor(pp.prefix, device=dev)]).amin(1)
+        if K:
+            buf = torch.empty((n, K), dtype=torch.float32, device=dev)
+            pr = torch.as_tensor(by_row, dtype=torch.float32, device=dev)
+            at = 0
+            for i in rows.tolist():
+                L = int(pp.prefix[i])
+                part = buf[:, at:at + L]
+                torch.add(cs[:, :L], pr[i, :L], out=part)
+                part += rf[:, i:i + 1]
+                at += L
+            best = torch.minimum(best, buf.amin(1))
+            if keep:
+                k = min(keep, K)
+                idx = torch.topk(buf, k, dim=1, largest=False, sorted=True).indices.cpu().numpy()
+                cells = layout[idx]
+                ri = torch.as_tensor(cells // C, device=dev)
+                ci = torch.as_tensor(cells % C, device=dev)
+                exact = (rt.gather(1, ri) + ct.gather(1, ci)).cpu().numpy()
+                kept[0][a:a + n, :k], kept[1][a:a + n, :k] = cells, exact
+                if k < keep:
+                    kept[0][a:a + n, k:], kept[1][a:a + n, k:] = cells[:, :1], np.inf
+        low[a:a + n] = (best.double() - slack).cpu().numpy()
+    return low, kept
+
+
+def _subset(cand: Candidates, words: np.ndarray) -> Candidates:
+    """The candidates of ``words`` only (the same table): a problem of those words alone."""
+    pick = ("current", "bonus", "row_idx", "row_cost", "col_idx", "col_cost", "cur_cost", "plain_cur", "plain_min",
+            "row_max", "col_max")
+    return Candidates(cand.rows, cand.cols, *(getattr(cand, f)[words] for f in pick))
+
+
+def profile_route(cand: Candidates, gather: Callable, tolerance: float | None, sweeps: int,
+                  stop: Callable[[], bool] | None = None, budget: int = PROFILE_BUDGET,
+                  weight: float = PROFILE_WEIGHT, keep: int = PROFILE_LIST, box: int = PROFILE_BOX,
+                  floor: float = -np.inf):
+    """A table and a certified bound where the words' costs share one profile, as early in training
+    (a model that predicts nearly the same rows and columns whatever the word): there the optimum
+    spreads the words with any cost over the cells of lowest profile score, far outside their own
+    cheapest rows x columns, and a dual needs prices on every such cell.
+
+    1. ``profile_prices``: the profile's exact dual on the cells of lowest score, as many as the
+       words with a cost (fewer where ``budget`` words x cells would be passed).
+    2. One pass over those words' full statistics (``gather``): the dual at those prices (a certified
+       bound) and each word's ``keep`` cheapest priced cells after the prices.
+    3. An auction of those words alone over those cells, their own ``box`` x ``box`` cheapest cells
+       and their current cell, from the profile's prices; words without any cost keep their cells
+       where they are free and take a free one otherwise; ``polish`` for ``sweeps`` sweeps.
+    The pass is cheap next to the rest: where its bound is not above ``floor`` (the bound already
+    certified) the costs do not follow one profile, and the route stops there with no table.
+    Returns ``(cells, penalized cost per word, bound, info)`` (cells and costs None when it stopped
+    after the pass), or None where no word has a cost or the budget allows too few priced cells."""
+    t0 = time.perf_counter()
+    R, C = cand.rows, cand.cols
+    active = np.flatnonzero(cand.profile[2] > 0)
+    if not active.size:
+        return None
+    pp = profile_prices(cand, budget // active.size, weight)
+    if pp is None or len(pp.cells) < min(active.size, 4 * R):
+        return None
+    info: dict = {"profile_words": int(active.size), "profile_cells": int(len(pp.cells))}
+    low, (lc, lv) = _profile_pass(cand, gather, active, pp, pp.price, keep, stop)
+    idle = np.ones(cand.vocab_size, bool)
+    idle[active] = False
+    # a word without any cost: its cheapest cell (the prices only add)
+    rest = float(np.minimum(cand.row_cost[idle, 0] + cand.col_cost[idle, 0], cand.cur_cost[idle]).sum())
+    bound = float(low.sum()) + rest - float(pp.price.sum())
+    info["profile_bound"] = bound
+    if bound <= floor:  # the costs do not follow one profile closely enough to beat the bound we have
+        info["profile_seconds"] = time.perf_counter() - t0
+        return None, None, bound, info
+    sub = _subset(cand, active)
+    bc, bv, _ = _box(sub, np.arange(active.size), min(box, sub.width))
+    cells = np.concatenate([lc, bc], 1)
+    cost = np.concatenate([lv, bv], 1)
+    order = np.argsort(cells, axis=1, kind="stable")
+    cells, cost = np.take_along_axis(cells, order, 1), np.take_along_axis(cost, order, 1)
+    cost[:, 1:][cells[:, 1:] == cells[:, :-1]] = np.inf  # a cell listed twice bids once
+    price0 = np.zeros(R * C)
+    price0[pp.cells] = pp.price
+    poll(stop)
+    res = auction(sub, tolerance=tolerance or default_tolerance(active.size), lists=(cells, cost), price0=price0,
+                  stop=stop)
+    info.update({"profile_rounds": res.rounds, "profile_bids": res.bids, "profile_converged": res.converged})
+    table = cand.current.copy()
+    table[active] = _complete(sub, res.cells.copy())
+    taken = np.zeros(R * C, bool)
+    taken[table[active]] = True
+    moved = np.flatnonzero(idle & taken[cand.current])  # their cell went to a word with a cost
+    table[moved] = -1
+    table = _complete(cand, table)
+    poll(stop)
+    if sweeps > 0:
+        table, pen, more = polish(cand, table, gather, sweeps, stop)
+        info["profile_polish_gain"] = more["polish_gain"]
+    else:
+        pen = _penalized_cost(cand, table)
+    info["profile_seconds"] = time.perf_counter() - t0
+    return table, pen, bound, info
+
+
 def _tighten(cand: Candidates, info: dict, objective: float, dual: float, auction_price: np.ndarray | None,
              stop: Callable[[], bool] | None) -> float:
     """More certified bounds where the first leaves a gap, each stopping once the gap is below
@@ -936,7 +1159,7 @@ def _tighten(cand: Candidates, info: dict, objective: float, dual: float, auctio
 
 def solve(cand: Candidates, method: str = "auto", top_k: int | None = None, tolerance: float | None = None,
           max_rounds: int = 20_000, stop: Callable[[], bool] | None = None, gather: Callable | None = None,
-          polish_sweeps: int = POLISH_SWEEPS) -> tuple[np.ndarray, dict]:
+          polish_sweeps: int = POLISH_SWEEPS, profile: bool = True) -> tuple[np.ndarray, dict]:
     """``(cells[V], info)`` for candidates ``cand``: see the module doc for the methods.
 
     ``info``: ``objective`` (penalized cost of the result), ``objective_current`` (of the current
@@ -946,7 +1169,8 @@ def solve(cand: Candidates, method: str = "auto", top_k: int | None = None, tole
     and where that leaves a gap, ``price_bound``, ``separable_bound`` and ``mixed_bound``: see
     ``_tighten``), ``gap``
     (``objective - dual_bound`` over ``|objective|``), and the solver's counters. ``gather``: the full
-    statistics (see ``polish``), which then improves the table for ``polish_sweeps`` sweeps.
+    statistics (see ``polish``), which then improves the table for ``polish_sweeps`` sweeps;
+    ``profile``: where the gap is still above ``PROFILE_FROM_GAP``, try ``profile_route`` too.
     """
     t0 = time.perf_counter()
     V = cand.vocab_size
@@ -994,8 +1218,21 @@ def solve(cand: Candidates, method: str = "auto", top_k: int | None = None, tole
         dual = objective
     elif (objective - dual) > SEPARABLE_FROM_GAP * abs(objective):
         dual = _tighten(cand, info, objective, dual, auction_price, stop)
+    routed = False
+    if (profile and gather is not None and method == "sparse" and cand.profile is not None and np.isfinite(dual)
+            and (objective - dual) > PROFILE_FROM_GAP * abs(objective)):
+        # the auction's boxes leave a wide gap: perhaps the costs follow one profile (profile_route); its
+        # table comes polished, and replaces the auction's when cheaper (whose polish is then skipped)
+        out = profile_route(cand, gather, None, polish_sweeps, stop, floor=dual)
+        if out is not None:
+            other, other_pen, bound, more = out
+            info.update(more)
+            dual = max(dual, bound)
+            if other is not None and float(other_pen.sum()) < objective:
+                cells, pen, objective = other, other_pen, float(other_pen.sum())
+                info["profile_table"] = routed = True
     wanted = V <= POLISH_ALWAYS_UP_TO or (objective - dual) > POLISH_FROM_GAP * abs(objective)
-    if gather is not None and polish_sweeps > 0 and method != "exact" and wanted:
+    if gather is not None and polish_sweeps > 0 and method != "exact" and wanted and not routed:
         poll(stop)
         tp = time.perf_counter()
         cells, pen, more = polish(cand, cells, gather, polish_sweeps, stop)
@@ -1013,7 +1250,7 @@ def solve(cand: Candidates, method: str = "auto", top_k: int | None = None, tole
 
 def reallocate(row_loss, col_loss, current, method: str = "auto", top_k: int | None = None,
                bonus=None, return_info: bool = False, tolerance: float | None = None,
-               stop: Callable[[], bool] | None = None, polish_sweeps: int = POLISH_SWEEPS):
+               stop: Callable[[], bool] | None = None, polish_sweeps: int = POLISH_SWEEPS, profile: bool = True):
     """New cell (``row * C + col``) of every word: a permutation into the ``R*C >= V`` cells.
 
     ``method``: ``exact``, ``sparse``, ``greedy`` or ``auto`` (exact up to a few thousand words,
@@ -1023,6 +1260,7 @@ def reallocate(row_loss, col_loss, current, method: str = "auto", top_k: int | N
     ``return_info``: also return the dict of ``solve``. ``stop``: polled every auction round; when
     it returns True the round ends with ``RoundInterrupted`` and no table. ``polish_sweeps``: sweeps of
     exact row / column re-solves on the full costs after the auction (``polish``; 0: none).
+    ``profile``: allow ``profile_route`` where the auction leaves a wide gap.
     """
     row_loss, col_loss = _np(row_loss), _np(col_loss)
     V, R = row_loss.shape
@@ -1041,5 +1279,5 @@ def reallocate(row_loss, col_loss, current, method: str = "auto", top_k: int | N
     cand = build_candidates(row_loss, col_loss, current, bonus, width=candidate_width(V, top_k), keep_dense=dense)
     mats = (row_loss, col_loss)
     cells, info = solve(cand, method, top_k, tolerance, stop=stop, gather=lambda words, side: mats[side][words],
-                        polish_sweeps=polish_sweeps)
+                        polish_sweeps=polish_sweeps, profile=profile)
     return (cells, info) if return_info else cells
