@@ -11,6 +11,8 @@ Cost kinds (``lrnn_lightning.allocation.costs``):
 - ``contested`` / ``flat`` / ``planted`` (``costs.shape_chunks``): several hundred classes whose
   words all want the same 2 rows and 2 columns (Zipf counts); early training (every loss within
   0.05 nats of log R); a hidden table 1.5 nats cheaper per occurrence;
+- ``profile``: the same short epoch, every seen word's costs following the model's marginals over
+  the rows and columns (one smooth profile), which ``solvers.profile_route`` is for;
 - ``skewed``: a short first epoch, shaped like the One Billion Word rehearsal's statistics: most
   words unseen, every seen word wanting the same 4 rows and 4 columns;
 - ``ptb`` / ``wikitext2``: the summed statistics of a real LightRNN epoch (``train.py
@@ -56,7 +58,7 @@ if kind in ("mild", "zipf"):
     counts = zipf_counts(V) if kind == "zipf" else np.ones(V)
     current, bonus = random_table(V, 0), None
     chunks = lambda: loss_chunks(V, 0, counts=counts if kind == "zipf" else None)
-elif kind in ("contested", "flat", "planted", "skewed"):
+elif kind in ("contested", "flat", "planted", "skewed", "profile"):
     R, C = table_shape(V)
     current, bonus = random_table(V, 0), None
     chunks = lambda: shape_chunks(kind, V, 0, chunk=CHUNK_WORDS)
@@ -149,6 +151,8 @@ CASES = [
     {"name": "planted-793471", "kind": "planted", "V": 793471},
     {"name": "skewed-4096", "kind": "skewed", "V": 4096, "exact": True},
     {"name": "skewed-793471", "kind": "skewed", "V": 793471},
+    {"name": "profile-4096", "kind": "profile", "V": 4096, "exact": True},
+    {"name": "profile-793471", "kind": "profile", "V": 793471},
     {"name": "ptb", "kind": "real", "file": "ptb/round_001.npz", "exact": True},
     {"name": "wikitext2", "kind": "real", "file": "wikitext2/round_001.npz"},
     {"name": "onebillion", "kind": "real", "file": "onebillion/round_001.npz"},
@@ -161,6 +165,7 @@ LABELS = {
     "flat": "flat (early training: every loss within 0.05 nats of log R)",
     "planted": "planted (a hidden table 1.5 nats cheaper per occurrence)",
     "skewed": "skewed (a short first epoch: most words unseen, every seen word wants the same 4 rows and 4 columns)",
+    "profile": "profile (a short first epoch: most words unseen, every seen word follows the model's marginals)",
 }
 REAL = {"ptb": "real: PTB epoch statistics, move penalty 1", "wikitext2": "real: WikiText-2 epoch statistics, move penalty 1",
         "onebillion": "real: One Billion Word rehearsal statistics (2 DDP ranks, 200 steps), move penalty 1"}
@@ -240,7 +245,7 @@ def main() -> None:
     def plot(plt):
         fig, ax = plt.subplots(1, 3, figsize=(14, 3.8))
         for kind, marker in (("mild", "s"), ("zipf", "o"), ("contested", "x"), ("flat", "d"), ("planted", "v"),
-                             ("skewed", "<"), ("real", "^")):
+                             ("skewed", "<"), ("profile", ">"), ("real", "^")):
             rs = sorted((r for r in runs if r.get("kind") == kind and r.get("method") == "sparse"
                          and r.get("mode") == "streamed" and "total_seconds" in r), key=lambda r: r["V"])
             if not rs:

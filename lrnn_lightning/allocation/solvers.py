@@ -1019,7 +1019,6 @@ def _profile_pass(cand: Candidates, gather: Callable, words: np.ndarray, pp: Pro
         bonus = torch.as_tensor(cand.bonus[w], device=dev)
         rt[ar, cur // C] -= bonus
         ct[ar, cur % C] -= bonus
-        slack = 4 * 2.0 ** -24 * (rt.abs().amax(1) + ct.abs().amax(1) + price_max)
         rf = rt.float()
         cs = ct[:, torch.as_tensor(pp.col_order, device=dev)].float()
         suffix = torch.flip(torch.cummin(torch.flip(cs, [1]), 1).values, [1])
@@ -1046,7 +1045,15 @@ def _profile_pass(cand: Candidates, gather: Callable, words: np.ndarray, pp: Pro
                 kept[0][a:a + n, :k], kept[1][a:a + n, :k] = cells, exact
                 if k < keep:
                     kept[0][a:a + n, k:], kept[1][a:a + n, k:] = cells[:, :1], np.inf
-        low[a:a + n] = (best.double() - slack).cpu().numpy()
+        # float32 rounding: at most a few units in the last place of the three terms at the minimum;
+        # with costs >= 0 before the bonus (and prices >= 0) each term is at most the minimum plus
+        # twice the bonus
+        best = best.double()
+        if bool(((rt.amin(1) + bonus >= 0) & (ct.amin(1) + bonus >= 0)).all()):
+            size = 3 * best.abs() + 6 * bonus
+        else:
+            size = rt.abs().amax(1) + ct.abs().amax(1) + price_max
+        low[a:a + n] = (best - 4 * 2.0 ** -24 * size).cpu().numpy()
     return low, kept
 
 
