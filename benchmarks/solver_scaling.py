@@ -189,6 +189,9 @@ def table(runs: list[dict]) -> str:
         over = f"{100 * r['over_exact']:.4f}%" if r.get("over_exact") is not None else ""
         g = greedy.get(r["name"])
         cut = f"{100 * r['polish_gain'] / (r['objective'] + r['polish_gain']):.2f}%" if "polish_gain" in r else "(none)"
+        if r.get("profile_table"):  # the profile route's table (polished on its own), not the auction's
+            gain = r.get("profile_polish_gain", 0.0)
+            cut = f"{100 * gain / (r['objective'] + gain):.2f}% (profile route)"
         rows.append(f"| {label} | {r['V']:,} | {r['round_seconds']:.1f} ({r['candidate_seconds']:.1f} + "
                     f"{r['solve_seconds']:.1f}) | {r['peak_rss_mb'] / 1024:.2f} GB | {100 * r['gap']:.2f}% | {over} | "
                     f"{cut} | {greedy_ratio(g, r)} |")

@@ -333,6 +333,23 @@ class _Group:
     size: int = 0
 
 
+def _best_two(g: _Group, at: np.ndarray, price: np.ndarray, chunk: int = 1 << 16):
+    """``(j, v1, v2)``: for the group's words at rows ``at``, the position of the cheapest candidate
+    after the prices, its value and the second cheapest value; a chunk of words at a time (the first
+    round's bids over every word at once took 1.2 GB at V = 793,471)."""
+    n = len(at)
+    j, v1, v2 = np.empty(n, np.int64), np.empty(n), np.empty(n)
+    for a in range(0, n, chunk):
+        sl = at[a:a + chunk]
+        value = g.cost[sl] + price[g.cells[sl]]
+        jj = value.argmin(1)
+        rows = np.arange(len(sl))
+        j[a:a + chunk], v1[a:a + chunk] = jj, value[rows, jj]
+        value[rows, jj] = np.inf
+        v2[a:a + chunk] = value.min(1)
+    return j, v1, v2
+
+
 @dataclass
 class AuctionResult:
     cells: np.ndarray
@@ -390,13 +407,14 @@ def auction(cand: Candidates, k0: int = 8, tolerance: float = 1e-3,
     max_bids = max_bids_per_word * V
 
     def add_to_group(k: int, words: np.ndarray) -> None:
-        cells, cost, out = _box(cand, words, k)
+        # a box is k x k stored rows x columns plus the current cell
+        size = min(k, cand.row_idx.shape[1]) * min(k, cand.col_idx.shape[1]) + 1
         g = groups.get(k)
         if g is None:
             cap = max(len(words), 1024)
             # int32 cells and float32 costs (prices stay float64): 8 bytes a candidate
-            groups[k] = g = _Group(k, np.empty(cap, np.int64), np.empty((cap, cells.shape[1]), np.int32),
-                                   np.empty((cap, cells.shape[1]), np.float32), np.empty(cap), 0)
+            groups[k] = g = _Group(k, np.empty(cap, np.int64), np.empty((cap, size), np.int32),
+                                   np.empty((cap, size), np.float32), np.empty(cap), 0)
         base, n = g.size, len(words)
         if base + n > len(g.words):  # grow the buffers geometrically: no copy per widening
             cap = max(2 * len(g.words), base + n)
@@ -405,12 +423,15 @@ def auction(cand: Candidates, k0: int = 8, tolerance: float = 1e-3,
                 new = np.empty((cap, *old.shape[1:]), old.dtype)
                 new[:base] = old[:base]
                 setattr(g, name, new)
-        g.words[base:base + n], g.cells[base:base + n], g.cost[base:base + n], g.outside[base:base + n] = \
-            words, cells, cost, out
+        g.words[base:base + n] = words
+        for a in range(0, n, CHUNK_WORDS):  # the int64 / float64 boxes a chunk at a time (V x 65 x 16
+            # bytes at once was 0.8 GB at V = 793,471: the round's peak)
+            at = slice(base + a, base + min(n, a + CHUNK_WORDS))
+            g.cells[at], g.cost[at], g.outside[at] = _box(cand, words[a:a + CHUNK_WORDS], k)
         g.size = base + n
         pos[words] = base + np.arange(n)
         width[words] = k
-        counters["entries"] += n * cells.shape[1]
+        counters["entries"] += n * size
 
     few, patience = int(tail * V), 50 + int(np.sqrt(V))
     # wider boxes cost memory (a word at width 32 holds 1,025 candidates): at most this many in all
@@ -433,13 +454,9 @@ def auction(cand: Candidates, k0: int = 8, tolerance: float = 1e-3,
                 if not mine.size:
                     continue
                 at = pos[mine]
-                value = g.cost[at] + price[g.cells[at]]
-                j = value.argmin(1)
-                rows = np.arange(len(mine))
-                v1 = value[rows, j]
-                value[rows, j] = np.inf
-                v2 = value.min(1)  # the second best in the box (the outside bound has no price in it:
-                # as a second best it would cut every rise to eps once the box's prices are up)
+                # the second best in the box (the outside bound has no price in it: as a second best
+                # it would cut every rise to eps once the box's prices are up)
+                j, v1, v2 = _best_two(g, at, price)
                 grow = (g.outside[at] < v1 - eps[mine]) & (k < widths[-1])
                 if grow.any() and counters["entries"] >= max_entries:
                     grow[:] = False  # the memory for wider boxes is spent: bid within the box
