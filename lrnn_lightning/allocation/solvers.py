@@ -16,6 +16,10 @@ log-likelihoods summed over the word's occurrences: count-weighted, so on a real
 - ``greedy``: words claim their cheapest candidate cells in parallel rounds (the cheapest claim on a
   cell wins), leftovers are matched exactly among the remaining cells.
 
+After ``sparse``, where the certified gap is still wide: ``profile_route`` (early in training every
+word's costs follow one profile; prices on the cells of lowest profile score certify a bound and
+seed a second auction) and ``polish`` (exact row / column re-solves on the full statistics).
+
 All methods are deterministic, terminate (the auction has a bound on its rounds, after which the
 words still bidding take their current cell or a free one) and never return a table that costs more
 than the current one (then the current table is returned). Inputs never need to be held whole:
