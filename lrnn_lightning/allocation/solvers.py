@@ -995,7 +995,9 @@ def profile_prices(cand: Candidates, max_cells: int, weight: float = PROFILE_WEI
     Only the ``max_cells`` cells of lowest score get a price (the others 0, still a valid dual);
     ``weight`` scales them (the words' own deviations from the profile make the full price too
     high). None when no word has a cost."""
-    row_sum, col_sum, total = cand.profile
+    # rounded to float32: sums taken on another device, in another order, differ in the last bits of a
+    # float64, and the prices (so the route's table) must not
+    row_sum, col_sum, total = (np.asarray(x, np.float32).astype(np.float64) for x in cand.profile)
     R, C = cand.rows, cand.cols
     n = np.maximum(total, 0.0)
     N = float(n.sum())
@@ -1124,7 +1126,7 @@ def profile_route(cand: Candidates, gather: Callable, tolerance: float | None, s
     after the pass), or None where no word has a cost or the budget allows too few priced cells."""
     t0 = time.perf_counter()
     R, C = cand.rows, cand.cols
-    active = np.flatnonzero(cand.profile[2] > 0)
+    active = np.flatnonzero(np.asarray(cand.profile[2], np.float32) > 0)  # as ``profile_prices`` counts them
     if not active.size:
         return None
     pp = profile_prices(cand, budget // active.size, weight)
