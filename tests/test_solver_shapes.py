@@ -123,6 +123,16 @@ def test_polish_never_raises_the_cost_and_keeps_words_still_on_ties(shape):
     assert pen(again) <= pen(cells) and (not moved.any() or pen(again) < pen(cells))
     with pytest.raises(RoundInterrupted):
         polish(cand, start, lambda words, side: mats[side][words], stop=lambda: True)
+    # bounded work: it ends at the first group past the budget, the costs it reports still exact
+    # (words left in a slot their stored costs do not hold are read from the statistics)
+    if info["polish_work"] > 0:
+        cut, cut_per_word, cut_info = polish(cand, start, lambda words, side: mats[side][words], sweeps=3,
+                                             work=info["polish_work"] / 3)
+        assert cut_info["polish_spent"] and cut_info["polish_work"] <= info["polish_work"] / 3
+        assert cut_info["polish_groups"] < info["polish_groups"]
+        assert len(np.unique(cut)) == V and pen(cut) <= pen(start) + 1e-9 * abs(pen(start))
+        assert float(cut_per_word.sum()) == pytest.approx(pen(cut), rel=1e-12)
+        assert not info["polish_spent"]
 
 
 def test_ties_are_taken_in_index_order_from_the_current_row():

@@ -853,13 +853,20 @@ POLISH_ALWAYS_UP_TO = 200_000
 POLISH_FROM_GAP = 0.05
 
 
+# beyond POLISH_ALWAYS_UP_TO words the polish's assignments are bounded to this much work (``polish``'s
+# units, about n * n * slots per group of n moving words; 2.4e10 took 5.5 s on the One Billion Word
+# rehearsal's statistics): where many words move (a first epoch that saw more words) a sweep over
+# 891-word groups could take minutes
+POLISH_WORK = 5e10
+
 # sweeps of ``polish`` (a sweep stops it early when it gains under 1e-5 relative; at V = 136,912 on
 # count-weighted Zipf costs the second sweep gains a tenth of the first)
 POLISH_SWEEPS = 2
 
 
 def polish(cand: Candidates, cells: np.ndarray, gather: Callable, sweeps: int = 1,
-           stop: Callable[[], bool] | None = None, min_gain: float = 1e-5) -> tuple[np.ndarray, np.ndarray, dict]:
+           stop: Callable[[], bool] | None = None, min_gain: float = 1e-5,
+           work: float = np.inf) -> tuple[np.ndarray, np.ndarray, dict]:
     """Alternating exact re-solves on the full statistics: with every word's row fixed, the words of
     each row take that row's columns by an exact assignment (scipy's ``linear_sum_assignment``) on
     their costs of EVERY column; then, with every column fixed, the rows within each column; and so
@@ -876,7 +883,9 @@ def polish(cand: Candidates, cells: np.ndarray, gather: Callable, sweeps: int = 
     group whose words all sit in their cheapest slot is skipped; a group's slots change only when
     its assignment is strictly cheaper, so the cost never rises and ties keep words still. Returns
     ``(cells, penalized cost per word, info)``; the costs are exact (from the full statistics, not
-    the stored candidates): a sweep re-solves every word whose stored costs cannot give them."""
+    the stored candidates): a word no group re-solved is read from them. ``work`` bounds the
+    assignments' work (``info["polish_work"]``, about ``n * n * slots`` for a group of ``n`` moving
+    words): the first group that would pass it ends the polish there (``info["polish_spent"]``)."""
     if sweeps < 1:
         raise ValueError(f"polish needs at least one sweep, got {sweeps}")
     R, C = cand.rows, cand.cols
@@ -890,7 +899,7 @@ def polish(cand: Candidates, cells: np.ndarray, gather: Callable, sweeps: int = 
     for side, (idx, cost) in enumerate(((cand.row_idx, cand.row_cost), (cand.col_idx, cand.col_cost))):
         exact = idx.shape[1] if idx.shape[1] >= (R if side == 0 else C) else idx.shape[1] - 1
         part.append(_stored(idx[:, :exact], cost[:, :exact], cells // C if side == 0 else cells % C))
-    info = {"polish_gain": 0.0, "polish_groups": 0, "polish_words": 0, "polish_sweeps": 0}
+    info = {"polish_gain": 0.0, "polish_groups": 0, "polish_words": 0, "polish_sweeps": 0, "polish_work": 0.0}
 
     def solve_group(side: int, g: int, words: np.ndarray, happy: np.ndarray) -> float:
         """Re-solve the words of group ``g`` that are not ``happy``, over their slots and the free ones."""
@@ -919,9 +928,12 @@ def polish(cand: Candidates, cells: np.ndarray, gather: Callable, sweeps: int = 
         part[side][move] = old
         return 0.0
 
+    spent = False
     for sweep in range(sweeps):
         gain = 0.0
         for side in (1, 0):
+            if spent:
+                break
             poll(stop)
             key = cells // C if side == 1 else cells % C  # the fixed coordinate: groups
             slot = cells % C if side == 1 else cells // C
@@ -936,12 +948,27 @@ def polish(cand: Candidates, cells: np.ndarray, gather: Callable, sweeps: int = 
                 wanted = np.zeros(R if side == 0 else C, bool)
                 wanted[best[side][words[~happy]]] = True
                 happy &= ~wanted[slot[words]]
+                n = int((~happy).sum())
+                # scipy's assignment of n words to n + (free slots) slots: about n * n * slots operations
+                units = float(n) * n * (n + (R if side == 0 else C) - len(words))
+                if info["polish_work"] + units > work:
+                    spent = True  # the work is bounded: the groups left keep their words where they are
+                    break
+                info["polish_work"] += units
                 gain += solve_group(side, g, words, happy)
         info["polish_sweeps"] = sweep + 1
         info["polish_gain"] += gain
         total = float(np.nansum(part[0]) + np.nansum(part[1]))
-        if gain <= min_gain * abs(total):
+        if spent or gain <= min_gain * abs(total):
             break
+    info["polish_spent"] = spent
+    for side in (0, 1):  # a word no group re-solved, in a slot its stored costs do not hold: read it
+        left = np.flatnonzero(np.isnan(part[side]))
+        for a in range(0, len(left), CHUNK_WORDS):
+            w = left[a:a + CHUNK_WORDS]
+            here = cells[w] // C if side == 0 else cells[w] % C
+            got = np.array(_np(gather(w, side)), dtype=np.float64)[np.arange(len(w)), here]
+            part[side][w] = got - cand.bonus[w] * (here == cur_slot[side][w])
     return cells, part[0] + part[1], info
 
 
@@ -1165,8 +1192,9 @@ def profile_route(cand: Candidates, gather: Callable, tolerance: float | None, s
     table = _complete(cand, table)
     poll(stop)
     if sweeps > 0:
-        table, pen, more = polish(cand, table, gather, min(sweeps, PROFILE_POLISH_SWEEPS), stop)
-        info["profile_polish_gain"] = more["polish_gain"]
+        table, pen, more = polish(cand, table, gather, min(sweeps, PROFILE_POLISH_SWEEPS), stop,
+                                  work=POLISH_WORK if cand.vocab_size > POLISH_ALWAYS_UP_TO else np.inf)
+        info.update(profile_polish_gain=more["polish_gain"], profile_polish_work=more["polish_work"])
     else:
         pen = _penalized_cost(cand, table)
     # the dual is concave: between the profile's prices and the auction's a point can beat both
@@ -1287,7 +1315,8 @@ def solve(cand: Candidates, method: str = "auto", top_k: int | None = None, tole
     if gather is not None and polish_sweeps > 0 and method != "exact" and wanted and not routed:
         poll(stop)
         tp = time.perf_counter()
-        cells, pen, more = polish(cand, cells, gather, polish_sweeps, stop)
+        cells, pen, more = polish(cand, cells, gather, polish_sweeps, stop,
+                                  work=POLISH_WORK if V > POLISH_ALWAYS_UP_TO else np.inf)
         objective = float(pen.sum())
         info.update(more, polish_seconds=time.perf_counter() - tp)
     plain = cand.plain_cost(cells, pen)
