@@ -101,3 +101,39 @@ def test_frequency_rows_from_the_config_is_the_table_a_frozen_run_keeps(make_cfg
     model, vocab, meta = load_language_model(tmp_path / "run" / "checkpoints" / "last.ckpt")
     assert torch.equal(model.head.table.cell, torch.arange(len(vocab)))
     assert json.loads((tmp_path / "run" / "metrics.json").read_text()).get("realloc/round", 0) == 0
+
+
+
+def test_the_profile_route_key_turns_the_route_on_and_off():
+    """``callbacks.reallocation.profile_route``: a round on statistics where every word's losses
+    follow the model's marginals (Zipf over rows and columns, plus noise; a short epoch: most words
+    unseen), with 2 x 2 boxes, which leave the auction a wide gap. With the route (the default) its
+    table is taken (``realloc/profile_route`` 1), no dearer, with a narrower certified gap; off, the
+    round is the auction's and its polish."""
+    from lrnn_lightning.callbacks import Reallocation
+
+    V = 2500
+    head = LightRNNHead(V, 8, 8)
+    R, C = head.table.rows, head.table.cols
+
+    def epoch():  # the round frees its statistics: the same epoch again for each setting
+        g = torch.Generator().manual_seed(0)
+        p = 1.0 / torch.arange(1, V + 1, dtype=torch.float64) ** 1.1
+        targets = torch.multinomial(p, 600, replacement=True, generator=g)
+        head.stats.configure(np.bincount(targets.numpy(), minlength=V))
+        head.stats.start("cpu")
+        marg_r = torch.log_softmax(-torch.log(torch.arange(1, R + 1.0))[torch.randperm(R, generator=g)], 0)
+        marg_c = torch.log_softmax(-torch.log(torch.arange(1, C + 1.0))[torch.randperm(C, generator=g)], 0)
+        row = torch.log_softmax(marg_r + 0.8 * torch.randn(600, R, generator=g), 1)
+        head.stats.add(targets, row, torch.log_softmax(marg_c + 0.8 * torch.randn(600, C, generator=g), 1))
+
+    out = {}
+    for on in (True, False):
+        epoch()
+        cb = Reallocation(method="sparse", top_k=2, move_penalty=1.0, profile_route=on)
+        out[on] = cb._solve(None, head, None)[1]
+    assert out[True]["realloc/cost_before"] == out[False]["realloc/cost_before"]  # the same statistics
+    assert out[True]["realloc/profile_route"] == 1.0 and out[False]["realloc/profile_route"] == 0.0
+    assert out[True]["realloc/objective"] <= out[False]["realloc/objective"]
+    assert out[True]["realloc/gap"] < out[False]["realloc/gap"]
+    assert out[True]["realloc/dual_bound"] <= out[True]["realloc/objective"]

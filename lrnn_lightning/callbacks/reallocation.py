@@ -55,6 +55,10 @@ class Reallocation(L.Callback):
     vectors meant another word), so a word moves only where the estimated gain per occurrence
     beats the penalty. 0 is the paper's plain matching.
 
+    profile_route: where the auction leaves a certified gap above 5%, also try
+    ``solvers.profile_route`` (early in training every word's losses follow the model's marginals);
+    ``realloc/profile_route`` is 1 when its table was taken.
+
     A round changes the function the model computes, so a ``ReduceLROnPlateau`` scheduler's memory
     of the best validation loss is reset after it: the jump in loss that follows a move must not
     halve the learning rate.
@@ -74,7 +78,8 @@ class Reallocation(L.Callback):
                  statistics: str = "during", method: str = "auto", top_k: int | None = None,
                  skip_last_epoch: bool = True, initial_table: str = "model", move_penalty: float = 0.0,
                  sample_rows: int = 8, words_per_row: int = 12, tolerance: float | None = None,
-                 save_statistics: str | None = None, context_refine: int = 10, polish_sweeps: int | None = None):
+                 save_statistics: str | None = None, context_refine: int = 10, polish_sweeps: int | None = None,
+                 profile_route: bool = True):
         if statistics not in ("during", "extra_pass"):
             raise ValueError("statistics must be 'during' or 'extra_pass'")
         self.every_n_epochs, self.max_rounds = every_n_epochs, max_rounds
@@ -95,6 +100,7 @@ class Reallocation(L.Callback):
             raise ValueError(f"polish_sweeps must be >= 0 (0: no polish; null: the solver's default), "
                              f"got {polish_sweeps}")
         self.polish_sweeps = polish_sweeps
+        self.profile_route = bool(profile_route)
         self._resumed_stats: dict | None = None
         self._keep_started = False
         self.rounds, self.stopped = 0, False
@@ -346,7 +352,8 @@ class Reallocation(L.Callback):
             stats.release()
         # the polish re-solves rows and columns on the full statistics, a group of words at a time
         cells, solved = solve(builder.finish(), self.method, self.top_k, self.tolerance, stop=stop,
-                              gather=stats.gather if stats.allocated else None, polish_sweeps=sweeps)
+                              gather=stats.gather if stats.allocated else None, polish_sweeps=sweeps,
+                              profile=self.profile_route)
         stats.release()
         del builder
         new = cells
@@ -354,7 +361,8 @@ class Reallocation(L.Callback):
                 "realloc/lower_bound": solved["lower_bound"], "realloc/dual_bound": solved["dual_bound"],
                 "realloc/gap": solved["gap"], "realloc/objective": solved["objective"],
                 "realloc/solve_seconds": solved["seconds"], "realloc/stats_mb": stats_bytes / 2 ** 20,
-                "realloc/polish_gain": solved.get("polish_gain", 0.0)}
+                "realloc/polish_gain": solved.get("polish_gain", 0.0),
+                "realloc/profile_route": float(bool(solved.get("profile_table")))}
         return new, info
 
     # ---- the statistics of a round, for solver benchmarks and debugging -------------------------------
