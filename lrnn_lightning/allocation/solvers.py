@@ -859,6 +859,11 @@ POLISH_FROM_GAP = 0.05
 # 891-word groups could take minutes
 POLISH_WORK = 5e10
 
+
+def polish_work(vocab_size: int) -> float:
+    """The polish's work bound for a table of ``vocab_size`` words (none up to POLISH_ALWAYS_UP_TO)."""
+    return POLISH_WORK if vocab_size > POLISH_ALWAYS_UP_TO else np.inf
+
 # sweeps of ``polish`` (a sweep stops it early when it gains under 1e-5 relative; at V = 136,912 on
 # count-weighted Zipf costs the second sweep gains a tenth of the first)
 POLISH_SWEEPS = 2
@@ -973,7 +978,7 @@ def polish(cand: Candidates, cells: np.ndarray, gather: Callable, sweeps: int = 
 
 
 # ---- profile prices: early in training every word's costs follow one shared profile ---------------
-# The profile route runs where the certified gap after the auction and the polish is above this.
+# The profile route runs where the certified gap after the auction (before any polish) is above this.
 PROFILE_FROM_GAP = 0.05
 # word x priced-cell sums one pass of the profile bound may take (35,395 words x 35,395 cells on
 # the One Billion Word rehearsal's statistics: about 4 s on 2 cores); fewer priced cells beyond
@@ -983,13 +988,13 @@ PROFILE_BUDGET = 1_500_000_000
 # 0.9 -> 803K nats)
 PROFILE_WEIGHT = 0.6
 PROFILE_LIST = 64   # cells per word from the priced ones, cheapest first after the prices
+PROFILE_BOX = 8     # and its own cheapest rows x columns
 # the route polishes its table for at most this many sweeps (on the One Billion Word rehearsal's
 # statistics the first sweep gains 17.8K nats in 2.6 s, the second 0.9K more in 2.6 s)
 PROFILE_POLISH_SWEEPS = 1
 # the second pass's prices: this share of the route's auction's prices, the rest the profile's (on the
 # One Billion Word rehearsal's statistics: 0 -> 810.1K, 0.25 -> 814.7K, 0.5 -> 809.7K nats)
 PROFILE_MIX = 0.25
-PROFILE_BOX = 8     # and its own cheapest rows x columns
 
 
 @dataclass
@@ -1080,26 +1085,23 @@ def _profile_pass(cand: Candidates, gather: Callable, words: np.ndarray, pp: Pro
         suffix = torch.flip(torch.cummin(torch.flip(cs, [1]), 1).values, [1])
         suffix = torch.cat([suffix, torch.full((n, 1), float("inf"), device=dev)], 1)
         best = (rf + suffix[:, torch.as_tensor(pp.prefix, device=dev)]).amin(1)
-        if K and not keep:  # a row's term is the same for all its cells: the minimum over the row first
+        if K:
             pr = torch.as_tensor(by_row, dtype=torch.float32, device=dev)
-            tmp = torch.empty((n, int(pp.prefix.max())), dtype=torch.float32, device=dev)
-            for i in rows.tolist():
-                L = int(pp.prefix[i])
-                part = tmp[:, :L]
-                torch.add(cs[:, :L], pr[i, :L], out=part)
-                best = torch.minimum(best, part.amin(1) + rf[:, i])
-        elif K:
-            buf = torch.empty((n, K), dtype=torch.float32, device=dev)
-            pr = torch.as_tensor(by_row, dtype=torch.float32, device=dev)
+            # with ``keep`` every priced cell's value is laid out for the top-k; without, a row's term
+            # is the same for all its cells: the minimum over the row's prices first, one row at a time
+            buf = torch.empty((n, K if keep else int(pp.prefix.max())), dtype=torch.float32, device=dev)
             at = 0
             for i in rows.tolist():
                 L = int(pp.prefix[i])
                 part = buf[:, at:at + L]
                 torch.add(cs[:, :L], pr[i, :L], out=part)
-                part += rf[:, i:i + 1]
-                at += L
-            best = torch.minimum(best, buf.amin(1))
+                if keep:
+                    part += rf[:, i:i + 1]
+                    at += L
+                else:
+                    best = torch.minimum(best, part.amin(1) + rf[:, i])
             if keep:
+                best = torch.minimum(best, buf.amin(1))
                 k = min(keep, K)
                 idx = torch.topk(buf, k, dim=1, largest=False, sorted=True).indices.cpu().numpy()
                 cells = layout[idx]
@@ -1193,7 +1195,7 @@ def profile_route(cand: Candidates, gather: Callable, tolerance: float | None, s
     poll(stop)
     if sweeps > 0:
         table, pen, more = polish(cand, table, gather, min(sweeps, PROFILE_POLISH_SWEEPS), stop,
-                                  work=POLISH_WORK if cand.vocab_size > POLISH_ALWAYS_UP_TO else np.inf)
+                                  work=polish_work(cand.vocab_size))
         info.update(profile_polish_gain=more["polish_gain"], profile_polish_work=more["polish_work"])
     else:
         pen = _penalized_cost(cand, table)
@@ -1316,7 +1318,7 @@ def solve(cand: Candidates, method: str = "auto", top_k: int | None = None, tole
         poll(stop)
         tp = time.perf_counter()
         cells, pen, more = polish(cand, cells, gather, polish_sweeps, stop,
-                                  work=POLISH_WORK if V > POLISH_ALWAYS_UP_TO else np.inf)
+                                  work=polish_work(V))
         objective = float(pen.sum())
         info.update(more, polish_seconds=time.perf_counter() - tp)
     plain = cand.plain_cost(cells, pen)
